@@ -1,0 +1,165 @@
+"""Uniform (affine) quantization: pure functions on tensors.
+
+The arithmetic is ONNX QuantizeLinear/DequantizeLinear's, so that what PyTorch
+simulates is what ONNX Runtime computes:
+
+    q  = saturate(round_half_to_even(x / scale) + zero_point)
+    dq = (q - zero_point) * scale
+
+``x / scale`` is a true float32 division (not a multiply by the reciprocal), because
+that is what the runtime does and the two differ in the last bit at ties.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from edgeq.quant.checks import check_float_tensor
+from edgeq.quant.layout import expand_param, from_rows, to_rows
+from edgeq.quant.spec import QuantSpec
+
+# A scale below float32's smallest normal number would make x / scale overflow to
+# inf for ordinary inputs; clamp there (ranges that small are all-zero in practice).
+_MIN_SCALE = torch.finfo(torch.float32).tiny
+
+
+def choose_qparams(
+    min_val: torch.Tensor, max_val: torch.Tensor, spec: QuantSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero point that cover ``[min_val, max_val]``.
+
+    The range is first widened to include 0, so 0.0 is always exactly representable
+    (zero padding and ReLU zeros quantize without error). Symmetric specs fix the zero
+    point at 0 and take the scale from the positive limit: ``max|x| / qmax``. An
+    all-zero range gets scale 1.0 (any scale represents it exactly).
+
+    Args:
+        min_val, max_val: float tensors of the spec's parameter shape (or scalars).
+        spec: the quantizer; must use the uniform scheme's integer grid.
+
+    Returns:
+        ``(scale, zero_point)``: float32 and int32 tensors of ``min_val``'s shape.
+
+    Example:
+        >>> s, z = choose_qparams(torch.tensor(-1.0), torch.tensor(3.0),
+        ...                       QuantSpec(bits=8, signed=False, symmetric=False))
+        >>> float(s), int(z)
+        (0.01568627543747425, 64)
+    """
+    # float64: hi - lo overflows float32 for ranges near float32's limits.
+    min_val = torch.as_tensor(min_val).to(torch.float64)
+    max_val = torch.as_tensor(max_val).to(torch.float64)
+    if bool((min_val > max_val).any()):
+        raise ValueError("choose_qparams: min_val > max_val somewhere; ranges must be ordered")
+    lo = torch.clamp(min_val, max=0.0)
+    hi = torch.clamp(max_val, min=0.0)
+    qmin, qmax = spec.qmin, spec.qmax
+    if spec.symmetric:
+        if spec.signed:
+            absmax = torch.maximum(-lo, hi)
+            scale = absmax / qmax
+        else:
+            # Unsigned symmetric: zero point 0, range [0, max]; negatives saturate to 0.
+            scale = hi / qmax
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        scale = (hi - lo) / float(qmax - qmin)
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zp = torch.round(qmin - lo / safe)
+        zero_point = torch.clamp(zp, qmin, qmax).to(torch.int32)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    scale = torch.clamp(scale, min=_MIN_SCALE).to(torch.float32)
+    return scale, zero_point
+
+
+def quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec
+) -> torch.Tensor:
+    """Map floats to integer levels (int32 tensor), as ONNX QuantizeLinear does.
+
+    Raises:
+        QuantInputError: ``x`` is not a finite float tensor.
+    """
+    check_float_tensor(x, "quantize input", allow_empty=True)
+    s = expand_param(scale.to(torch.float32), spec, x)
+    z = expand_param(zero_point.to(torch.int32), spec, x)
+    q = torch.round(x.to(torch.float32) / s)
+    # Clamp in float before the integer cast so huge values cannot wrap around.
+    q = torch.clamp(q + z.to(torch.float32), spec.qmin, spec.qmax)
+    return q.to(torch.int32)
+
+
+def dequantize(
+    q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec
+) -> torch.Tensor:
+    """Map integer levels back to float32: ``(q - zero_point) * scale``."""
+    s = expand_param(scale.to(torch.float32), spec, q)
+    z = expand_param(zero_point.to(torch.int32), spec, q)
+    return (q.to(torch.int32) - z).to(torch.float32) * s
+
+
+def fake_quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec
+) -> torch.Tensor:
+    """``dequantize(quantize(x))`` with a straight-through gradient.
+
+    The gradient is 1 where ``x`` lies inside the representable range and 0 where it
+    saturates (the clipped straight-through estimator), so training learns to stay in
+    range.
+    """
+    check_float_tensor(x, "fake_quantize input", allow_empty=True)
+    s = expand_param(scale.to(x.dtype), spec, x)
+    z = expand_param(zero_point.to(x.dtype), spec, x)
+    lo = (spec.qmin - z) * s
+    hi = (spec.qmax - z) * s
+    x_in = torch.minimum(torch.maximum(x, lo), hi)
+    with torch.no_grad():
+        y = dequantize(quantize(x.detach(), scale, zero_point, spec), scale, zero_point, spec)
+    return x_in + (y.to(x.dtype) - x_in).detach()
+
+
+def lsq_fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    grad_scale: float | None = None,
+) -> torch.Tensor:
+    """Fake quantization with the learned-step-size (LSQ, Esser et al. 2019) gradients.
+
+    Forward equals `fake_quantize`. Backward: ``d out / d x`` is the clipped
+    straight-through estimator; ``d out / d scale`` is ``round(x/s) - x/s`` inside the
+    range and ``qmin - z`` or ``qmax - z`` where it saturates; the scale gradient is
+    multiplied by ``grad_scale`` (default ``1 / sqrt(numel_per_scale * qmax)``, the
+    paper's choice).
+    """
+    s = expand_param(scale, spec, x)
+    z = expand_param(zero_point.to(x.dtype), spec, x)
+    if grad_scale is None:
+        per_scale = x.numel() / max(scale.numel(), 1)
+        grad_scale = 1.0 / float(per_scale * max(spec.qmax, 1)) ** 0.5
+    s = s * grad_scale + (s - s * grad_scale).detach()
+    v = x / s
+    v_rounded = v + (torch.round(v) - v).detach()  # round with identity gradient
+    q = torch.clamp(v_rounded + z, spec.qmin, spec.qmax)
+    return (q - z) * s
+
+
+def quantize_tensor(
+    x: torch.Tensor, spec: QuantSpec, *, name: str = "tensor"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize ``x`` with a min-max range over the spec's granularity.
+
+    A convenience for weights; range estimators other than min-max live in
+    `edgeq.quant.ranges`.
+
+    Returns:
+        ``(q, scale, zero_point)``.
+    """
+    check_float_tensor(x, name)
+    rows = to_rows(x.detach().to(torch.float32), spec)
+    lo = from_rows(rows.amin(dim=1), spec, x.shape)
+    hi = from_rows(rows.amax(dim=1), spec, x.shape)
+    scale, zp = choose_qparams(lo, hi, spec)
+    return quantize(x, scale, zp, spec), scale, zp
