@@ -1,0 +1,5 @@
+"""Deployable artifacts: ONNX with QuantizeLinear/DequantizeLinear."""
+
+from edgeq.export.onnx_qdq import ExportError, export_onnx
+
+__all__ = ["ExportError", "export_onnx"]

@@ -1,0 +1,254 @@
+"""Export a captured (quantized or float) GraphModule to ONNX, node by node.
+
+Why our own emitter rather than torch.onnx.export: the Q/DQ placement, int8 weight
+initializers, int32 biases with scale ``s_in * s_w`` and dropped ReLUs must be exactly
+what the simulation computes and what ONNX Runtime's QDQ fusion expects; emitting
+from the fx graph makes that explicit and deterministic (same model, same bytes).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import fx, nn
+
+from edgeq.graph.insert import _relu_kind, node_kind
+from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
+
+OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """A node has no ONNX translation (names the node)."""
+
+
+class _Emitter:
+    def __init__(self, gm: fx.GraphModule, quantized: bool) -> None:
+        self.gm = gm
+        self.quantized = quantized
+        self.modules = dict(gm.named_modules())
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.names: dict[fx.Node, str] = {}
+        self.qparams: dict[fx.Node, tuple[str, str]] = {}  # node -> (scale, zp) init names
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def add(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def qdq(self, x: str, scale: str, zp: str, base: str) -> str:
+        q = self.add("QuantizeLinear", [x, scale, zp], f"{base}_q")
+        return self.add("DequantizeLinear", [q, scale, zp], f"{base}_dq")
+
+    def node(self, node: fx.Node) -> str:
+        kind = node_kind(node, self.modules)
+        name = node.name
+        src = node.args[0] if node.args else None
+        x = self.names.get(src) if isinstance(src, fx.Node) else None
+        if kind == "input":
+            return "input"
+        if kind == "quantizer":
+            m = self.modules[node.target]
+            if not self.quantized:
+                return x
+            scale = self.init(f"{name}_scale", m.scale.numpy().astype(np.float32))
+            dtype = np.uint8 if not m.spec.signed else np.int8
+            zp = self.init(f"{name}_zp", m.zero_point.numpy().astype(dtype))
+            self.qparams[node] = (scale, zp)
+            return self.qdq(x, scale, zp, name)
+        if kind == "layer":
+            return self.layer(node, x)
+        if kind == "add":
+            y = self.names[node.args[1]]
+            return self.add("Add", [x, y], name)
+        if kind == "cat":
+            tensors = [self.names[t] for t in node.args[0]]
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            return self.add("Concat", tensors, name, axis=dim)
+        if kind == "gap":
+            return self.add("GlobalAveragePool", [x], name)
+        if kind == "pass":
+            return self.passthrough(node, x)
+        if kind == "relu":
+            if _relu_kind(node, self.modules) == "relu6":
+                return self.clip6(x, name)
+            return self.add("Relu", [x], name)
+        if kind == "output":
+            return x
+        raise ExportError(f"node {node.name} ({node.op} {node.target}) has no ONNX translation")
+
+    def passthrough(self, node: fx.Node, x: str) -> str:
+        m = self.modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(m, nn.Dropout | nn.Identity) or node.target is torch.nn.functional.dropout:
+            out = x
+        elif isinstance(m, nn.MaxPool2d):
+            k = _pair(m.kernel_size)
+            s = _pair(m.stride)
+            p = _pair(m.padding)
+            out = self.add(
+                "MaxPool",
+                [x],
+                node.name,
+                kernel_shape=k,
+                strides=s,
+                pads=p + p,
+                ceil_mode=int(m.ceil_mode),
+            )
+        else:
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 1)
+            if isinstance(m, nn.Flatten):
+                start = m.start_dim
+            if start != 1:
+                raise ExportError(f"node {node.name}: flatten from dim {start} is not supported")
+            out = self.add("Flatten", [x], node.name, axis=1)
+        src = node.args[0]
+        if self.quantized and src in self.qparams and out != x:
+            # repeat the input's Q/DQ so the next integer op sees DQ directly
+            self.qparams[node] = self.qparams[src]
+            return self.qdq(out, *self.qparams[src], node.name + "_requant")
+        if src in self.qparams:
+            self.qparams[node] = self.qparams[src]
+        return out
+
+    def layer(self, node: fx.Node, x: str) -> str:
+        m = self.modules[node.target]
+        name = node.name
+        if self.quantized:
+            w_levels = m.weight_levels().numpy().astype(np.int8)
+            axis_scale = self.init(f"{name}_w_scale", m.weight_scale.numpy().astype(np.float32))
+            w_zp = self.init(f"{name}_w_zp", np.zeros(w_levels.shape[0], np.int8))
+            w_q = self.init(f"{name}_w_q", w_levels)
+            w = self.add("DequantizeLinear", [w_q, axis_scale, w_zp], f"{name}_w", axis=0)
+            inputs = [x, w]
+            b_levels = m.bias_levels()
+            if b_levels is not None:
+                b_scale = (m.input_scale * m.weight_scale).numpy().astype(np.float32)
+                bq = self.init(f"{name}_b_q", b_levels.numpy().astype(np.int32))
+                bs = self.init(f"{name}_b_scale", b_scale)
+                bz = self.init(f"{name}_b_zp", np.zeros(b_levels.shape[0], np.int32))
+                inputs.append(self.add("DequantizeLinear", [bq, bs, bz], f"{name}_b", axis=0))
+        else:
+            inputs = [x, self.init(f"{name}_w", m.weight.detach().numpy().astype(np.float32))]
+            if m.bias is not None:
+                inputs.append(self.init(f"{name}_b", m.bias.detach().numpy().astype(np.float32)))
+        activation = getattr(m, "activation", None)
+        if isinstance(m, QuantConv2d | nn.Conv2d):
+            k = list(m.weight.shape[2:])
+            p = _pair(m.padding)
+            y = self.add(
+                "Conv",
+                inputs,
+                name + ("_conv" if activation else ""),
+                kernel_shape=k,
+                strides=_pair(m.stride),
+                pads=p + p,
+                dilations=_pair(m.dilation),
+                group=m.groups,
+            )
+        else:
+            assert isinstance(m, QuantLinear | nn.Linear)
+            y = self.add("Gemm", inputs, name + ("_gemm" if activation else ""), transB=1)
+        if activation is None:
+            return y
+        users = list(node.users)
+        followed_by_quantizer = self.quantized and all(
+            u.op == "call_module"
+            and isinstance(self.modules[u.target], ActivationQuantizer)
+            and self.modules[u.target].nonnegative
+            for u in users
+        )
+        if followed_by_quantizer and m.activation == "relu":
+            return y  # the quantizer's clamp at zero point 0 is the ReLU
+        if (
+            followed_by_quantizer
+            and m.activation == "relu6"
+            and all(
+                float(self.modules[u.target].scale)
+                * (self.modules[u.target].spec.qmax - int(self.modules[u.target].zero_point))
+                <= 6.0
+                for u in users
+            )
+        ):
+            return y  # quantized range lies inside [0, 6]: the Clip is the quantizer's clamp
+        if m.activation == "relu":
+            return self.add("Relu", [y], name)
+        return self.clip6(y, name)
+
+    def clip6(self, x: str, name: str) -> str:
+        lo = self.init(f"{name}_clip_lo", np.array(0.0, np.float32))
+        hi = self.init(f"{name}_clip_hi", np.array(6.0, np.float32))
+        return self.add("Clip", [x, lo, hi], name)
+
+
+def _pair(v) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(a) for a in v]
+
+
+def build_onnx(
+    gm: fx.GraphModule, example_input: torch.Tensor, *, quantized: bool
+) -> onnx.ModelProto:
+    em = _Emitter(gm, quantized)
+    out_name = None
+    for node in gm.graph.nodes:
+        em.names[node] = em.node(node)
+        if node.op == "output":
+            out_name = em.names[node]
+    assert out_name is not None
+    em.add("Identity", [out_name], "output")
+    shape: list[int | str] = list(example_input.shape)
+    shape[0] = "batch"
+    with torch.no_grad():
+        out_shape: list[int | str] = list(gm(example_input).shape)
+    out_shape[0] = "batch"
+    graph = helper.make_graph(
+        em.nodes,
+        "edgeq",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)],
+        initializer=em.inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgeq"
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_onnx(
+    gm: fx.GraphModule,
+    path: str | Path,
+    example_input: torch.Tensor,
+    *,
+    quantized: bool = True,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``gm`` as ONNX (QDQ when ``quantized``), atomically.
+
+    Raises:
+        ExportError: a node has no ONNX translation.
+    """
+    model = build_onnx(gm, example_input, quantized=quantized)
+    for k, v in (metadata or {}).items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,15 @@
+"""Capture and rewrite: trace with torch.fx, fold BatchNorm, fuse activations,
+swap in quantized modules and place activation quantizers where the runtime fuses."""
+
+from edgeq.graph.capture import CaptureError, capture
+from edgeq.graph.fold_bn import fold_batchnorm
+from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
+
+__all__ = [
+    "ActivationQuantizer",
+    "CaptureError",
+    "QuantConv2d",
+    "QuantLinear",
+    "capture",
+    "fold_batchnorm",
+]

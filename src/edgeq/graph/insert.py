@@ -1,0 +1,170 @@
+"""Swap in quantized modules and place activation quantizers where ONNX Runtime fuses.
+
+Rules (ONNX Runtime's QDQ selectors turn DQ -> op -> Q into integer kernels):
+
+1. Conv/Linear (+ a following ReLU/ReLU6, fused) become QuantConv2d/QuantLinear.
+   Their input must come from a quantizer: one is inserted where it does not.
+2. Ops that compute new values in the integer domain get an output quantizer:
+   conv/linear (QLinearConv, QGemm), add (QLinearAdd), concat (QLinearConcat),
+   global average pooling (QLinearGlobalAveragePool). The model's final output
+   stays float (QGemm writes float logits directly).
+3. Ops that only move or select values (flatten, reshape, dropout in eval, max pool)
+   pass their input's quantization through: the exporter repeats the input's Q/DQ
+   after them, which ONNX Runtime removes again.
+4. Anything else is kept in float: listed in `PlacementReport.float_ops`.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from edgeq.graph.qmodules import QUANT_MODULES, ActivationQuantizer
+from edgeq.quant import QuantSpec
+
+ADD_TARGETS = {operator.add, torch.add, operator.iadd}
+CAT_TARGETS = {torch.cat, torch.concat}
+FLATTEN_TARGETS = {torch.flatten}
+PASSTHROUGH_MODULES = (nn.Dropout, nn.Flatten, nn.Identity, nn.MaxPool2d)
+RELU_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
+
+
+@dataclass
+class PlacementReport:
+    quantized_layers: list[str] = field(default_factory=list)
+    activation_quantizers: list[str] = field(default_factory=list)
+    float_ops: list[str] = field(default_factory=list)
+
+
+def _relu_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    if node.op == "call_module":
+        return RELU_MODULES.get(type(modules[node.target]))
+    if node.op == "call_function" and node.target in (F.relu, torch.relu):
+        return "relu"
+    if node.op == "call_function" and node.target is F.relu6:
+        return "relu6"
+    return None
+
+
+def node_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """Classify a node: 'layer', 'quantizer', 'add', 'cat', 'gap', 'pass', 'relu',
+    'input', 'output', 'attr' or 'float'."""
+    if node.op == "placeholder":
+        return "input"
+    if node.op == "output":
+        return "output"
+    if node.op == "get_attr":
+        return "attr"
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, ActivationQuantizer):
+            return "quantizer"
+        if type(m) in QUANT_MODULES or type(m) in QUANT_MODULES.values():
+            return "layer"
+        if isinstance(m, PASSTHROUGH_MODULES):
+            return "pass"
+        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+            return "gap"
+    if node.op == "call_function":
+        if node.target in ADD_TARGETS:
+            return "add"
+        if node.target in CAT_TARGETS:
+            return "cat"
+        if node.target in FLATTEN_TARGETS or node.target is F.dropout:
+            return "pass"
+        if node.target is F.adaptive_avg_pool2d and node.args[1] in (1, (1, 1)):
+            return "gap"
+    if node.op == "call_method" and node.target in ("flatten", "view", "reshape"):
+        return "pass"
+    if _relu_kind(node, modules):
+        return "relu"
+    return "float"
+
+
+def _is_quantized(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    kind = node_kind(node, modules)
+    if kind == "quantizer":
+        return True
+    if kind == "pass":
+        return isinstance(node.args[0], fx.Node) and _is_quantized(node.args[0], modules)
+    return False
+
+
+def prepare(
+    gm: fx.GraphModule,
+    weight_spec: QuantSpec,
+    activation_spec: QuantSpec,
+    *,
+    limit_pairs: bool,
+) -> tuple[fx.GraphModule, PlacementReport]:
+    """Rewrite ``gm`` in place for calibration (BatchNorm must be folded first)."""
+    report = PlacementReport()
+    modules = dict(gm.named_modules())
+    graph = gm.graph
+    counter = 0
+
+    def add_quantizer(after: fx.Node, *, nonnegative: bool) -> fx.Node:
+        nonlocal counter
+        name = f"act_quant_{counter}"
+        counter += 1
+        label = f"{name} (after {after.name})"
+        gm.add_submodule(
+            name, ActivationQuantizer(activation_spec, name=label, nonnegative=nonnegative)
+        )
+        with graph.inserting_after(after):
+            q = graph.call_module(name, (after,))
+        after.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+        report.activation_quantizers.append(label)
+        return q
+
+    # 1. swap layers, fusing a single following ReLU/ReLU6
+    for node in list(graph.nodes):
+        if node.op != "call_module" or type(modules[node.target]) not in QUANT_MODULES:
+            continue
+        activation = None
+        users = list(node.users)
+        if len(users) == 1 and _relu_kind(users[0], modules):
+            activation = _relu_kind(users[0], modules)
+            users[0].replace_all_uses_with(node)
+            graph.erase_node(users[0])
+        float_mod = modules[node.target]
+        qcls = QUANT_MODULES[type(float_mod)]
+        qmod = qcls(
+            float_mod, weight_spec, activation=activation, limit_pairs=limit_pairs, name=node.target
+        )
+        gm.set_submodule(node.target, qmod) if hasattr(gm, "set_submodule") else setattr(
+            gm, node.target, qmod
+        )
+        report.quantized_layers.append(str(node.target))
+    modules = dict(gm.named_modules())
+
+    # 2. output quantizers
+    for node in list(graph.nodes):
+        kind = node_kind(node, modules)
+        if kind not in ("layer", "add", "cat", "gap"):
+            if kind == "float":
+                report.float_ops.append(f"{node.name} ({node.op} {node.target})")
+            continue
+        if all(u.op == "output" for u in node.users):
+            continue  # final output stays float
+        nonneg = kind == "layer" and modules[node.target].activation is not None
+        add_quantizer(node, nonnegative=bool(nonneg))
+    modules = dict(gm.named_modules())
+
+    # 3. every layer's input comes from a quantizer
+    for node in list(graph.nodes):
+        if node_kind(node, modules) != "layer":
+            continue
+        src = node.args[0]
+        if isinstance(src, fx.Node) and not _is_quantized(src, modules):
+            nonneg = src.op != "placeholder" and _relu_kind(src, modules) is not None
+            q = add_quantizer(src, nonnegative=nonneg)
+            modules = dict(gm.named_modules())
+            del q
+    graph.lint()
+    gm.recompile()
+    return gm, report

@@ -1,0 +1,264 @@
+"""Quantized modules: plain nn.Modules that simulate the integer model exactly.
+
+- `ActivationQuantizer` observes during calibration, then fake-quantizes with frozen
+  (scale, zero point) buffers, as ONNX QuantizeLinear -> DequantizeLinear would.
+- `QuantConv2d` / `QuantLinear` hold float weights, their int8 per-channel scales, and
+  the input scale, so the bias is rounded to int32 with scale ``s_in * s_w`` exactly
+  as the runtime stores it. An optional fused ReLU/ReLU6 is applied before the output
+  quantizer (in the exported graph the quantizer's clamp makes it redundant).
+
+New layer types register with `register_quant_module` (one registry keyed by type).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeq.quant import (
+    QuantSpec,
+    RangeObserver,
+    choose_qparams,
+    dequantize,
+    estimate_range,
+    fake_quantize,
+    quantize,
+)
+from edgeq.quant.saturation import limit_pairs, pair_safe_scale
+
+QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def register_quant_module(float_type: type[nn.Module]) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        QUANT_MODULES[float_type] = cls
+        return cls
+
+    return deco
+
+
+class ActivationQuantizer(nn.Module):
+    """Observe (calibration) or fake-quantize (after `freeze`) one activation tensor."""
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+
+    def __init__(self, spec: QuantSpec, *, name: str, nonnegative: bool = False) -> None:
+        super().__init__()
+        self.spec = spec
+        self.name = name
+        # Follows a ReLU/ReLU6: its range starts at 0, so uint8's zero point is 0 and
+        # the runtime's clamp at the quantized minimum *is* the ReLU.
+        self.nonnegative = nonnegative
+        self.observer = RangeObserver(spec, name=name)
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
+        self.observing = True
+
+    def freeze(self) -> None:
+        lo, hi = self.observer.compute_range()
+        if self.nonnegative:
+            lo = torch.zeros_like(lo)
+        scale, zp = choose_qparams(lo.reshape(()), hi.reshape(()), self.spec)
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zp)
+        self.observing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            return self.observer(x)
+        return fake_quantize(x, self.scale, self.zero_point, self.spec)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name}, bits={self.spec.bits}, signed={self.spec.signed}"
+
+
+class _WeightQuantMixin(nn.Module):
+    """Weight levels, per-channel scales and int32-rounded bias shared by conv/linear."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    weight_scale: torch.Tensor
+    weight_zero_point: torch.Tensor
+    input_scale: torch.Tensor
+    input_zero_point: torch.Tensor
+    output_scale: torch.Tensor
+    output_zero_point: torch.Tensor
+
+    def _init_quant(
+        self, weight_spec: QuantSpec, activation: str | None, limit_pairs_: bool
+    ) -> None:
+        out_channels = self.weight.shape[0]
+        self.weight_spec = weight_spec
+        self.activation = activation
+        self.limit_pairs = limit_pairs_
+        self.register_buffer("weight_scale", torch.ones(out_channels))
+        self.register_buffer("weight_zero_point", torch.zeros(out_channels, dtype=torch.int32))
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int32))
+        # the output quantizer's parameters, when the next op is one (integer output)
+        self.register_buffer("output_scale", torch.ones(()))
+        self.register_buffer("output_zero_point", torch.zeros((), dtype=torch.int32))
+        self.output_spec: QuantSpec | None = None
+        self.quantized = False
+        # True: compute what the integer kernels compute (evaluation, export checks);
+        # False: float fake-quant with straight-through gradients (fine-tuning).
+        self.integer_exact = True
+
+    def freeze_weight(
+        self, input_quant: ActivationQuantizer, output_quant: ActivationQuantizer | None
+    ) -> None:
+        input_scale = input_quant.scale
+        self.input_zero_point.copy_(input_quant.zero_point)
+        self.input_spec = input_quant.spec
+        if output_quant is not None:
+            self.output_scale.copy_(output_quant.scale)
+            self.output_zero_point.copy_(output_quant.zero_point)
+            self.output_spec = output_quant.spec
+        lo, hi = estimate_range(self.weight.detach(), self.weight_spec, name=self.extra_name)
+        scale, zp = choose_qparams(lo, hi, self.weight_spec)
+        if self.limit_pairs:
+            spec = self.weight_spec
+            scale = pair_safe_scale(self.weight.detach(), scale, spec.qmin, spec.qmax)
+        self.weight_scale.copy_(scale)
+        self.weight_zero_point.copy_(zp)
+        self.input_scale.copy_(input_scale)
+        self.quantized = True
+
+    @property
+    def extra_name(self) -> str:
+        return getattr(self, "layer_name", type(self).__name__)
+
+    def weight_levels(self) -> torch.Tensor:
+        """int32 weight levels as exported (pair-limited where the target needs it)."""
+        w = self.weight.detach()
+        q = quantize(w, self.weight_scale, self.weight_zero_point, self.weight_spec)
+        if self.limit_pairs:
+            view = [-1] + [1] * (w.ndim - 1)
+            q = limit_pairs(q, w / self.weight_scale.reshape(view))
+        return q
+
+    def bias_levels(self) -> torch.Tensor | None:
+        """int32 bias with scale ``input_scale * weight_scale`` (the runtime's format)."""
+        if self.bias is None:
+            return None
+        s = (self.input_scale * self.weight_scale).double()
+        return (
+            torch.round(self.bias.detach().double() / s).clamp(-(2**31), 2**31 - 1).to(torch.int32)
+        )
+
+    def sim_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.quantized:
+            return self.weight, self.bias
+        w = dequantize(
+            self.weight_levels(), self.weight_scale, self.weight_zero_point, self.weight_spec
+        )
+        b_levels = self.bias_levels()
+        b = None
+        if b_levels is not None:
+            b = (b_levels.double() * (self.input_scale * self.weight_scale).double()).float()
+        return w, b
+
+    def integer_forward(
+        self, x: torch.Tensor, op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """What ONNX Runtime's integer kernels compute (QLinearConv, QGemm).
+
+        The int32 accumulator ``sum((x_q - z_x) * w_q) + b_q`` is computed exactly
+        (float64 holds these integers exactly), then requantized as the runtime does:
+        ``float32(acc) * float32(s_x * s_w / s_y)``, round half to even, add ``z_y``,
+        clamp. A fused ReLU/ReLU6 is the clamp itself (the output range starts at 0 and
+        ends at or below 6). Without an output quantizer the result is
+        ``float32(acc) * float32(s_x * s_w)`` (QGemm with float output).
+        """
+        zx = self.input_zero_point.to(torch.float64)
+        xq = torch.round(x.to(torch.float32) / self.input_scale).double() + zx
+        acc = op(xq - zx, self.weight_levels().double())
+        b = self.bias_levels()
+        view = [1, -1] + [1] * (acc.ndim - 2)
+        if b is not None:
+            acc = acc + b.double().reshape(view)
+        acc32 = acc.to(torch.float32)
+        sw = self.weight_scale.reshape(view)
+        if self.output_spec is None:
+            return self._activate(acc32 * (self.input_scale * sw))
+        multiplier = (self.input_scale * sw) / self.output_scale
+        zy = self.output_zero_point.to(torch.float32)
+        q = torch.clamp(
+            torch.round(acc32 * multiplier) + zy, self.output_spec.qmin, self.output_spec.qmax
+        )
+        return (q - zy) * self.output_scale
+
+    def _activate(self, y: torch.Tensor) -> torch.Tensor:
+        if self.activation == "relu":
+            return F.relu(y)
+        if self.activation == "relu6":
+            return F.hardtanh(y, 0.0, 6.0)
+        return y
+
+
+@register_quant_module(nn.Conv2d)
+class QuantConv2d(_WeightQuantMixin):
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        weight_spec: QuantSpec,
+        *,
+        activation: str | None = None,
+        limit_pairs: bool = False,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros":
+            raise NotImplementedError(
+                f"{name}: padding_mode={conv.padding_mode!r} is not supported"
+            )
+        self.layer_name = name
+        self.weight = nn.Parameter(conv.weight.detach().clone())
+        self.bias = nn.Parameter(conv.bias.detach().clone()) if conv.bias is not None else None
+        self.stride, self.padding, self.dilation, self.groups = (
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+        )
+        self._init_quant(weight_spec, activation, limit_pairs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized and self.integer_exact:
+            return self.integer_forward(
+                x,
+                lambda a, w: F.conv2d(
+                    a, w, None, self.stride, self.padding, self.dilation, self.groups
+                ),
+            )
+        w, b = self.sim_weight_bias()
+        y = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        return self._activate(y)
+
+
+@register_quant_module(nn.Linear)
+class QuantLinear(_WeightQuantMixin):
+    def __init__(
+        self,
+        linear: nn.Linear,
+        weight_spec: QuantSpec,
+        *,
+        activation: str | None = None,
+        limit_pairs: bool = False,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        self.layer_name = name
+        self.weight = nn.Parameter(linear.weight.detach().clone())
+        self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
+        self._init_quant(weight_spec, activation, limit_pairs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized and self.integer_exact:
+            return self.integer_forward(x, lambda a, w: F.linear(a, w))
+        w, b = self.sim_weight_bias()
+        return self._activate(F.linear(x, w, b))

@@ -1,0 +1,115 @@
+"""Static post-training quantization: capture, fold, place quantizers, calibrate, freeze."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from edgeq.graph.capture import capture
+from edgeq.graph.fold_bn import fold_batchnorm
+from edgeq.graph.insert import PlacementReport, prepare
+from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
+from edgeq.ptq.config import PTQConfig, Target
+from edgeq.quant import QuantInputError
+
+
+@dataclass
+class QuantizedModel:
+    """The result: ``module`` simulates the integer model; ``float_module`` is the same
+    graph (BatchNorm folded) in float, for the FP32 baseline export."""
+
+    module: fx.GraphModule
+    float_module: fx.GraphModule
+    config: PTQConfig
+    placement: PlacementReport
+    seconds: float
+
+
+def _batches(data: Iterable) -> Iterable[torch.Tensor]:
+    for item in data:
+        x = item[0] if isinstance(item, tuple | list) else item
+        if not isinstance(x, torch.Tensor):
+            raise QuantInputError(
+                f"calibration data must yield tensors (or (x, y) tuples), got {type(x).__name__}"
+            )
+        yield x
+
+
+@torch.no_grad()
+def quantize(
+    model: nn.Module,
+    calib_data: Iterable,
+    config: PTQConfig | None = None,
+    *,
+    progress: bool = False,
+) -> QuantizedModel:
+    """Quantize ``model`` with static W8A8 PTQ calibrated on ``calib_data``.
+
+    Args:
+        model: a float ``nn.Module`` (traceable with torch.fx).
+        calib_data: an iterable of input batches (tensors or ``(x, label)`` tuples).
+        config: `PTQConfig`; defaults are chosen to minimize accuracy loss.
+        progress: show a progress bar.
+
+    Returns:
+        A `QuantizedModel` whose ``module`` is a plain nn.Module simulating the
+        exported integer model.
+
+    Raises:
+        QuantInputError: empty calibration data, NaN/Inf in an activation (naming the
+            layer).
+        CaptureError: the model cannot be traced.
+    """
+    config = config or PTQConfig()
+    t0 = time.perf_counter()
+    gm = fold_batchnorm(capture(model))
+    float_gm = fold_batchnorm(capture(model))
+    gm, report = prepare(
+        gm, config.weight, config.activation, limit_pairs=config.target is Target.PORTABLE
+    )
+    gm.eval()
+    batches = _batches(calib_data)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="calibrating", unit="batch")
+    seen = 0
+    for x in batches:
+        gm(x)
+        seen += 1
+        if config.max_calibration_batches and seen >= config.max_calibration_batches:
+            break
+    if seen == 0:
+        raise QuantInputError("calibration data is empty: no batch was produced")
+    freeze(gm)
+    return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0)
+
+
+def freeze(gm: fx.GraphModule) -> None:
+    """Turn observers into fixed (scale, zero point) and quantize weights and biases."""
+    modules = dict(gm.named_modules())
+    for m in modules.values():
+        if isinstance(m, ActivationQuantizer):
+            m.freeze()
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], QuantConv2d | QuantLinear):
+            users = [modules.get(u.target) for u in node.users if u.op == "call_module"]
+            out = (
+                users[0] if len(users) == 1 and isinstance(users[0], ActivationQuantizer) else None
+            )
+            modules[node.target].freeze_weight(input_quantizer(node, modules), out)
+
+
+def input_quantizer(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationQuantizer:
+    """The quantizer that feeds ``node`` (through pass-through ops)."""
+    src = node.args[0]
+    while isinstance(src, fx.Node):
+        m = modules.get(src.target) if src.op == "call_module" else None
+        if isinstance(m, ActivationQuantizer):
+            return m
+        src = src.args[0] if src.args else None
+    raise RuntimeError(f"{node.target}: no activation quantizer feeds this layer")

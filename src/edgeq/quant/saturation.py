@@ -1,0 +1,120 @@
+"""Keep int8 weights inside what x86 AVX2 integer kernels can add without saturating.
+
+On x86 CPUs without VNNI, ONNX Runtime's u8 x s8 kernels multiply with
+``vpmaddubsw``: each pair of adjacent products along the reduction axis is summed
+into a *signed 16-bit* value with saturation, before widening to int32. With uint8
+activations up to 255, a pair saturates only when both weights have the same sign
+and ``|w1| + |w2| > 128`` (255 * 129 > 32767). Opposite signs never saturate.
+
+Instead of halving every weight (``reduce_range``: 7-bit weights everywhere), edgeq
+lowers only the pairs that can saturate, choosing which of the two to lower so the
+added rounding error is smallest. The result is exact integer arithmetic on every
+CPU, so the PyTorch simulation matches the deployed model.
+
+Pair order is the kernels' packing order: conv weights ``[O, I, kh, kw]`` are read
+as ``(kh, kw, I)`` with input channels fastest (ONNX Runtime reorders filters to
+HWIO), linear weights ``[O, I]`` along ``I``; pairs are elements ``(2j, 2j+1)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PAIR_LIMIT = 128  # 255 * 128 = 32640 <= 32767 < 255 * 129
+
+
+def kernel_order(q: torch.Tensor) -> torch.Tensor:
+    """``[O, K]`` view of a weight in the runtime's reduction order."""
+    if q.ndim == 4:
+        return q.permute(0, 2, 3, 1).reshape(q.shape[0], -1)
+    if q.ndim == 2:
+        return q
+    raise ValueError(f"expected a 2-d or 4-d weight, got shape {tuple(q.shape)}")
+
+
+def from_kernel_order(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    if len(shape) == 4:
+        o, i, kh, kw = shape
+        return rows.reshape(o, kh, kw, i).permute(0, 3, 1, 2).contiguous()
+    return rows.reshape(shape)
+
+
+def saturating_pairs(q: torch.Tensor) -> torch.Tensor:
+    """Number of adjacent same-sign pairs with ``|a| + |b| > 128`` (would saturate)."""
+    rows = kernel_order(q.to(torch.int64))
+    if rows.shape[1] % 2:
+        rows = torch.nn.functional.pad(rows, (0, 1))
+    pairs = rows.reshape(rows.shape[0], -1, 2)
+    same_sign = (pairs[..., 0] * pairs[..., 1]) > 0
+    return (same_sign & (pairs.abs().sum(-1) > PAIR_LIMIT)).sum()
+
+
+def limit_pairs(q: torch.Tensor, w_over_scale: torch.Tensor) -> torch.Tensor:
+    """Lower same-sign pairs to ``|a| + |b| <= 128``, one level at a time, each time on
+    the element whose rounded value lies furthest beyond its real value.
+
+    Args:
+        q: int32 weight levels (per-channel symmetric, zero point 0).
+        w_over_scale: the unrounded ``w / scale`` values, same shape.
+
+    Returns:
+        New int32 levels with no saturating pair; ``q`` is not modified.
+    """
+    rows = kernel_order(q.to(torch.int64)).clone()
+    real = kernel_order(w_over_scale.to(torch.float64))
+    odd = rows.shape[1] % 2
+    if odd:
+        rows = torch.nn.functional.pad(rows, (0, 1))
+        real = torch.nn.functional.pad(real, (0, 1))
+    pairs = rows.reshape(rows.shape[0], -1, 2)
+    real_pairs = real.reshape(real.shape[0], -1, 2)
+    sign = torch.sign(pairs.sum(-1, keepdim=True))
+    while True:
+        mag = pairs.abs()
+        same = (pairs[..., 0] * pairs[..., 1]) > 0
+        over = same & (mag.sum(-1) > PAIR_LIMIT)
+        if not bool(over.any()):
+            break
+        # excess of each element's magnitude over its real magnitude: lower the larger
+        excess = mag.double() - real_pairs.abs()
+        pick_second = excess[..., 1] > excess[..., 0]
+        step = torch.stack([~pick_second, pick_second], dim=-1) & over[..., None]
+        pairs = pairs - step.to(torch.int64) * sign.to(torch.int64)
+    out = pairs.reshape(rows.shape)
+    if odd:
+        out = out[:, :-1]
+    return from_kernel_order(out, q.shape).to(torch.int32)
+
+
+def pair_safe_scale(
+    w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, *, grid_points: int = 16
+) -> torch.Tensor:
+    """Per-channel scales, at least ``scale``, whose pair-limited levels have the
+    least squared error.
+
+    Candidates run geometrically from ``scale`` (finest grid, most pairs to lower) to
+    the scale at which no same-sign pair exceeds the limit before rounding (the
+    coarsest needed). Each candidate's levels go through `limit_pairs`; the channel
+    keeps the candidate with the smallest error. Never worse than ``reduce_range``.
+    """
+    rows = kernel_order(w.detach().to(torch.float64))
+    if rows.shape[1] % 2:
+        rows = torch.nn.functional.pad(rows, (0, 1))
+    pairs = rows.reshape(rows.shape[0], -1, 2)
+    pos = pairs.clamp(min=0).sum(-1).amax(-1)
+    neg = (-pairs).clamp(min=0).sum(-1).amax(-1)
+    safe = (torch.maximum(pos, neg) / PAIR_LIMIT).to(torch.float32)
+    hi = torch.maximum(safe, scale)
+    view = [-1] + [1] * (w.ndim - 1)
+    best_err = torch.full_like(scale, float("inf"), dtype=torch.float64)
+    best = scale.clone()
+    for t in torch.linspace(0.0, 1.0, grid_points):
+        cand = (scale * (hi / scale) ** t).to(torch.float32)
+        s = cand.reshape(view)
+        q = torch.clamp(torch.round(w / s), qmin, qmax).to(torch.int32)
+        q = limit_pairs(q, w / s)
+        err = ((q.double() * s.double() - w.double()) ** 2).reshape(w.shape[0], -1).sum(1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, cand, best)
+    return best
