@@ -1,0 +1,163 @@
+"""PTQ pipeline on a small synthetic MobileNetV2-like block: placement, export, and
+bit-exactness of every conv/linear layer against ONNX Runtime's fused integer kernels."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from edgeq.export import export_onnx
+from edgeq.export.onnx_qdq import _Emitter
+from edgeq.graph import CaptureError, QuantConv2d, capture
+from edgeq.ptq import PTQConfig, quantize
+from edgeq.quant import QuantInputError
+from edgeq.quant.saturation import saturating_pairs
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU6()
+        )
+        self.dw = nn.Sequential(
+            nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU6()
+        )
+        self.pw = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.pw(self.dw(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _model_and_data(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = TinyNet()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model.eval(), torch.randn(16, 3, 16, 16)
+
+
+@pytest.mark.parametrize("target", ["portable", "vnni"])
+def test_every_op_runs_as_an_integer_kernel(tmp_path, target):
+    model, x = _model_and_data()
+    qm = quantize(model, [x[:8], x[8:]], PTQConfig(target=target))
+    assert qm.placement.float_ops == []
+    path = export_onnx(qm.module, tmp_path / "q.onnx", x[:1])
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    print(dict(ops))
+    assert ops["QLinearConv"] == 3
+    assert ops["QLinearAdd"] == 1
+    assert ops["QGemm"] == 1
+    assert ops["Conv"] == 0
+    assert ops["Gemm"] == 0
+    assert ops["DequantizeLinear"] == 0
+
+
+def test_portable_target_leaves_no_saturating_weight_pair():
+    model, x = _model_and_data()
+    qm = quantize(model, [x], PTQConfig(target="portable"))
+    for m in qm.module.modules():
+        if isinstance(m, QuantConv2d):
+            assert int(saturating_pairs(m.weight_levels())) == 0
+
+
+def _single_layer_onnx(em: _Emitter, node, mod) -> onnx.ModelProto:
+    s = em.init("sx", mod.input_scale.numpy().astype(np.float32))
+    z = em.init("zx", mod.input_zero_point.numpy().astype(np.uint8))
+    y = em.layer(node, em.qdq("input", s, z, "in"))
+    sy = em.init("sy", mod.output_scale.numpy().astype(np.float32))
+    zy = em.init("zy", mod.output_zero_point.numpy().astype(np.uint8))
+    out = em.qdq(y, sy, zy, "out")
+    g = helper.make_graph(
+        em.nodes,
+        "layer",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+        initializer=em.inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_conv_layers_are_bit_exact_against_onnxruntime_kernels(seed):
+    model, x = _model_and_data(seed)
+    qm = quantize(model, [x], PTQConfig(target="vnni"))
+    mods = dict(qm.module.named_modules())
+    inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, mod in mods.items():
+        if isinstance(mod, QuantConv2d):
+            mod.register_forward_hook(lambda m, i, o, n=name: inputs.__setitem__(n, (i[0], o)))
+    with torch.no_grad():
+        qm.module(x)
+    checked = 0
+    for node in qm.module.graph.nodes:
+        mod = mods.get(node.target) if node.op == "call_module" else None
+        if not isinstance(mod, QuantConv2d):
+            continue
+        xin, y_sim = inputs[node.target]
+        onnx_model = _single_layer_onnx(_Emitter(qm.module, True), node, mod)
+        sess = ort.InferenceSession(
+            onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        y_ort = sess.run(None, {"input": xin.numpy()})[0]
+        lsb = np.abs(y_ort - y_sim.numpy()) / float(mod.output_scale)
+        assert lsb.max() == 0.0, f"{node.target}: {lsb.max()} LSB"
+        checked += 1
+    assert checked == 3
+
+
+def test_simulation_stays_close_to_float():
+    model, x = _model_and_data()
+    qm = quantize(model, [x], PTQConfig())
+    with torch.no_grad():
+        ref, sim = model(x), qm.module(x)
+    sqnr = 10 * torch.log10((ref**2).sum() / ((ref - sim) ** 2).sum())
+    print(f"TinyNet W8A8 logits SQNR vs float: {float(sqnr):.1f} dB")
+    assert sqnr > 25.0
+
+
+def test_empty_calibration_data_is_an_error():
+    model, _ = _model_and_data()
+    with pytest.raises(QuantInputError, match="calibration data is empty"):
+        quantize(model, [])
+
+
+def test_nan_activation_names_the_layer():
+    model, x = _model_and_data()
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(QuantInputError, match=r"act_quant_\d+ \(after x\): holds 1 NaN"):
+        quantize(model, [x])
+
+
+class Untraceable(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # data-dependent control flow
+            return x
+        return -x
+
+
+def test_untraceable_model_names_the_source_line():
+    with pytest.raises(
+        CaptureError, match=r"cannot trace Untraceable: .*test_static_pipeline.py:\d+"
+    ):
+        capture(Untraceable())
