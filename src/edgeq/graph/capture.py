@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import traceback
 
-import torch
 from torch import fx, nn
 
 
@@ -45,8 +44,3 @@ def capture(model: nn.Module) -> fx.GraphModule:
         ) from e
     gm.graph.lint()
     return gm
-
-
-@torch.no_grad()
-def run(gm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return gm(x)

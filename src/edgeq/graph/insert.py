@@ -162,9 +162,8 @@ def prepare(
         src = node.args[0]
         if isinstance(src, fx.Node) and not _is_quantized(src, modules):
             nonneg = src.op != "placeholder" and _relu_kind(src, modules) is not None
-            q = add_quantizer(src, nonnegative=nonneg)
+            add_quantizer(src, nonnegative=nonneg)
             modules = dict(gm.named_modules())
-            del q
     graph.lint()
     gm.recompile()
     return gm, report

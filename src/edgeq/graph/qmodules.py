@@ -89,8 +89,16 @@ class _WeightQuantMixin(nn.Module):
     output_zero_point: torch.Tensor
 
     def _init_quant(
-        self, weight_spec: QuantSpec, activation: str | None, limit_pairs_: bool
+        self,
+        layer: nn.Conv2d | nn.Linear,
+        weight_spec: QuantSpec,
+        activation: str | None,
+        limit_pairs_: bool,
+        name: str,
     ) -> None:
+        self.layer_name = name
+        self.weight = nn.Parameter(layer.weight.detach().clone())
+        self.bias = nn.Parameter(layer.bias.detach().clone()) if layer.bias is not None else None
         out_channels = self.weight.shape[0]
         self.weight_spec = weight_spec
         self.activation = activation
@@ -118,7 +126,7 @@ class _WeightQuantMixin(nn.Module):
             self.output_scale.copy_(output_quant.scale)
             self.output_zero_point.copy_(output_quant.zero_point)
             self.output_spec = output_quant.spec
-        lo, hi = estimate_range(self.weight.detach(), self.weight_spec, name=self.extra_name)
+        lo, hi = estimate_range(self.weight.detach(), self.weight_spec, name=self.layer_name)
         scale, zp = choose_qparams(lo, hi, self.weight_spec)
         if self.limit_pairs:
             spec = self.weight_spec
@@ -127,10 +135,6 @@ class _WeightQuantMixin(nn.Module):
         self.weight_zero_point.copy_(zp)
         self.input_scale.copy_(input_scale)
         self.quantized = True
-
-    @property
-    def extra_name(self) -> str:
-        return getattr(self, "layer_name", type(self).__name__)
 
     def weight_levels(self) -> torch.Tensor:
         """int32 weight levels as exported (pair-limited where the target needs it)."""
@@ -216,16 +220,13 @@ class QuantConv2d(_WeightQuantMixin):
             raise NotImplementedError(
                 f"{name}: padding_mode={conv.padding_mode!r} is not supported"
             )
-        self.layer_name = name
-        self.weight = nn.Parameter(conv.weight.detach().clone())
-        self.bias = nn.Parameter(conv.bias.detach().clone()) if conv.bias is not None else None
         self.stride, self.padding, self.dilation, self.groups = (
             conv.stride,
             conv.padding,
             conv.dilation,
             conv.groups,
         )
-        self._init_quant(weight_spec, activation, limit_pairs)
+        self._init_quant(conv, weight_spec, activation, limit_pairs, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantized and self.integer_exact:
@@ -252,10 +253,7 @@ class QuantLinear(_WeightQuantMixin):
         name: str = "",
     ) -> None:
         super().__init__()
-        self.layer_name = name
-        self.weight = nn.Parameter(linear.weight.detach().clone())
-        self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
-        self._init_quant(weight_spec, activation, limit_pairs)
+        self._init_quant(linear, weight_spec, activation, limit_pairs, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantized and self.integer_exact:

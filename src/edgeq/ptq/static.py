@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -66,8 +67,8 @@ def quantize(
     """
     config = config or PTQConfig()
     t0 = time.perf_counter()
-    gm = fold_batchnorm(capture(model))
     float_gm = fold_batchnorm(capture(model))
+    gm = copy.deepcopy(float_gm)
     gm, report = prepare(
         gm, config.weight, config.activation, limit_pairs=config.target is Target.PORTABLE
     )
