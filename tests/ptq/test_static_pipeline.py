@@ -161,3 +161,38 @@ def test_untraceable_model_names_the_source_line():
         CaptureError, match=r"cannot trace Untraceable: .*test_static_pipeline.py:\d+"
     ):
         capture(Untraceable())
+
+
+def _ort_logits(path, x: torch.Tensor) -> np.ndarray:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x.numpy()})[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("target", ["portable", "vnni"])
+def test_whole_model_is_bit_exact_against_onnxruntime(tmp_path, seed, target):
+    """Conv, residual add (QLinearAdd), global pooling and QGemm: the simulation's
+    logits equal ONNX Runtime's to the last bit."""
+    model, x = _model_and_data(seed)
+    qm = quantize(model, [x[:8], x[8:]], PTQConfig(target=target))
+    with torch.no_grad():
+        sim = qm.module(x).numpy()
+    ours = _ort_logits(export_onnx(qm.module, tmp_path / "q.onnx", x[:1]), x)
+    np.testing.assert_array_equal(ours, sim)
+
+
+def test_real_mobilenet_v2_is_bit_exact_against_onnxruntime(tmp_path, mobilenet_v2_state_dict):
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(mobilenet_v2_state_dict)
+    model.eval()
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 224, 224).clamp(-2.1, 2.6)  # the range of normalized images
+    qm = quantize(model, [x[:4]], PTQConfig())
+    with torch.no_grad():
+        sim = qm.module(x).numpy()
+    ours = _ort_logits(export_onnx(qm.module, tmp_path / "q.onnx", x[:1]), x)
+    assert np.abs(ours - sim).max() == 0.0

@@ -3,12 +3,22 @@ swap in quantized modules and place activation quantizers where the runtime fuse
 
 from edgeq.graph.capture import CaptureError, capture
 from edgeq.graph.fold_bn import fold_batchnorm
-from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
+from edgeq.graph.qmodules import (
+    ActivationQuantizer,
+    IntegerOp,
+    QuantAdd,
+    QuantConv2d,
+    QuantGlobalAvgPool,
+    QuantLinear,
+)
 
 __all__ = [
     "ActivationQuantizer",
     "CaptureError",
+    "IntegerOp",
+    "QuantAdd",
     "QuantConv2d",
+    "QuantGlobalAvgPool",
     "QuantLinear",
     "capture",
     "fold_batchnorm",

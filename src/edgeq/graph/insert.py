@@ -23,7 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from edgeq.graph.qmodules import QUANT_MODULES, ActivationQuantizer
+from edgeq.graph.qmodules import (
+    QUANT_MODULES,
+    ActivationQuantizer,
+    QuantAdd,
+    QuantGlobalAvgPool,
+)
 from edgeq.quant import QuantSpec
 
 ADD_TARGETS = {operator.add, torch.add, operator.iadd}
@@ -63,6 +68,10 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
         m = modules[node.target]
         if isinstance(m, ActivationQuantizer):
             return "quantizer"
+        if isinstance(m, QuantAdd):
+            return "add"
+        if isinstance(m, QuantGlobalAvgPool):
+            return "gap"
         if type(m) in QUANT_MODULES or type(m) in QUANT_MODULES.values():
             return "layer"
         if isinstance(m, PASSTHROUGH_MODULES):
@@ -85,13 +94,36 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return "float"
 
 
+def feeding_quantizer(
+    node: fx.Node | object, modules: dict[str, nn.Module]
+) -> ActivationQuantizer | None:
+    """The quantizer whose output reaches ``node`` unchanged (through pass-through
+    ops such as flatten or dropout), or None."""
+    while isinstance(node, fx.Node):
+        kind = node_kind(node, modules)
+        if kind == "quantizer":
+            m = modules[node.target]
+            assert isinstance(m, ActivationQuantizer)
+            return m
+        if kind != "pass":
+            return None
+        node = node.args[0]
+    return None
+
+
 def _is_quantized(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    kind = node_kind(node, modules)
-    if kind == "quantizer":
-        return True
-    if kind == "pass":
-        return isinstance(node.args[0], fx.Node) and _is_quantized(node.args[0], modules)
-    return False
+    return feeding_quantizer(node, modules) is not None
+
+
+def _to_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, args: tuple) -> fx.Node:
+    """Replace ``node`` by a call of ``module`` (registered under the node's name)."""
+    name = f"{node.name}_q"
+    gm.add_submodule(name, module)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(name, args)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return new
 
 
 def prepare(
@@ -142,6 +174,16 @@ def prepare(
         report.quantized_layers.append(str(node.target))
     modules = dict(gm.named_modules())
 
+    # 1b. residual adds of two tensors and global average pooling become integer ops
+    for node in list(graph.nodes):
+        kind = node_kind(node, modules)
+        if kind == "add" and node.op == "call_function" and not node.kwargs:
+            if len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args):
+                _to_module(gm, node, QuantAdd(node.name), tuple(node.args))
+        elif kind == "gap" and not isinstance(modules.get(node.target), QuantGlobalAvgPool):
+            _to_module(gm, node, QuantGlobalAvgPool(node.name), (node.args[0],))
+    modules = dict(gm.named_modules())
+
     # 2. output quantizers
     for node in list(graph.nodes):
         kind = node_kind(node, modules)
@@ -155,15 +197,17 @@ def prepare(
         add_quantizer(node, nonnegative=bool(nonneg))
     modules = dict(gm.named_modules())
 
-    # 3. every layer's input comes from a quantizer
+    # 3. every input of a layer, integer add or pooling comes from a quantizer
     for node in list(graph.nodes):
-        if node_kind(node, modules) != "layer":
+        kind = node_kind(node, modules)
+        if kind not in ("layer", "add", "gap") or node.op != "call_module":
             continue
-        src = node.args[0]
-        if isinstance(src, fx.Node) and not _is_quantized(src, modules):
-            nonneg = src.op != "placeholder" and _relu_kind(src, modules) is not None
-            add_quantizer(src, nonnegative=nonneg)
-            modules = dict(gm.named_modules())
+        sources = node.args[:2] if kind == "add" else node.args[:1]
+        for src in sources:
+            if isinstance(src, fx.Node) and not _is_quantized(src, modules):
+                nonneg = src.op != "placeholder" and _relu_kind(src, modules) is not None
+                add_quantizer(src, nonnegative=nonneg)
+                modules = dict(gm.named_modules())
     graph.lint()
     gm.recompile()
     return gm, report

@@ -27,6 +27,7 @@ from edgeq.quant import (
     fake_quantize,
     quantize,
 )
+from edgeq.quant.kernels import qlinear_add, qlinear_global_average_pool, requantize_accumulator
 from edgeq.quant.saturation import limit_pairs, pair_safe_scale
 
 QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {}
@@ -137,12 +138,25 @@ class _WeightQuantMixin(nn.Module):
         self.quantized = True
 
     def weight_levels(self) -> torch.Tensor:
-        """int32 weight levels as exported (pair-limited where the target needs it)."""
+        """int32 weight levels as exported (pair-limited where the target needs it).
+
+        Cached while the weight, its scale and zero point are unchanged (the tensors'
+        version counters say so), so evaluation does not redo the pair search."""
+        key = (
+            self.weight._version,
+            self.weight.data_ptr(),
+            self.weight_scale._version,
+            self.weight_zero_point._version,
+        )
+        cached = self.__dict__.get("_levels_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         w = self.weight.detach()
         q = quantize(w, self.weight_scale, self.weight_zero_point, self.weight_spec)
         if self.limit_pairs:
             view = [-1] + [1] * (w.ndim - 1)
             q = limit_pairs(q, w / self.weight_scale.reshape(view))
+        self.__dict__["_levels_cache"] = (key, q)
         return q
 
     def bias_levels(self) -> torch.Tensor | None:
@@ -190,11 +204,11 @@ class _WeightQuantMixin(nn.Module):
         if self.output_spec is None:
             return self._activate(acc32 * (self.input_scale * sw))
         multiplier = (self.input_scale * sw) / self.output_scale
-        zy = self.output_zero_point.to(torch.float32)
-        q = torch.clamp(
-            torch.round(acc32 * multiplier) + zy, self.output_spec.qmin, self.output_spec.qmax
+        zy = self.output_zero_point
+        q = requantize_accumulator(
+            acc, multiplier, zy, self.output_spec.qmin, self.output_spec.qmax
         )
-        return (q - zy) * self.output_scale
+        return (q - zy.to(torch.float32)) * self.output_scale
 
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
         if self.activation == "relu":
@@ -260,3 +274,95 @@ class QuantLinear(_WeightQuantMixin):
             return self.integer_forward(x, lambda a, w: F.linear(a, w))
         w, b = self.sim_weight_bias()
         return self._activate(F.linear(x, w, b))
+
+
+def _levels(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """Integer levels of a tensor that a frozen quantizer produced (exact)."""
+    return torch.round(x.to(torch.float32) / scale) + zero_point.to(torch.float32)
+
+
+class IntegerOp(nn.Module):
+    """An op between quantizers: after `freeze_io` it holds copies of the (scale, zero
+    point) of the quantizers that feed it and of the one that follows it, as buffers
+    (so they are in the state dict), and computes what the integer kernel computes."""
+
+    in_scale: torch.Tensor
+    in_zero_point: torch.Tensor
+    out_scale: torch.Tensor
+    out_zero_point: torch.Tensor
+
+    def __init__(self, name: str, num_inputs: int) -> None:
+        super().__init__()
+        self.op_name = name
+        self.register_buffer("in_scale", torch.ones(num_inputs))
+        self.register_buffer("in_zero_point", torch.zeros(num_inputs, dtype=torch.int32))
+        self.register_buffer("out_scale", torch.ones(()))
+        self.register_buffer("out_zero_point", torch.zeros((), dtype=torch.int32))
+        self.out_spec: QuantSpec | None = None
+        self.integer = False  # True once frozen with every input and the output quantized
+
+    def freeze_io(
+        self, inputs: list[ActivationQuantizer | None], output: ActivationQuantizer | None
+    ) -> None:
+        self.integer = output is not None and all(q is not None for q in inputs)
+        if not self.integer:
+            return
+        for i, q in enumerate(inputs):
+            assert q is not None
+            self.in_scale[i] = q.scale
+            self.in_zero_point[i] = q.zero_point
+        assert output is not None
+        self.out_scale.copy_(output.scale)
+        self.out_zero_point.copy_(output.zero_point)
+        self.out_spec = output.spec
+
+    def _in(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.in_scale[i], self.in_zero_point[i]
+
+    def _dequantize_output(self, levels: torch.Tensor) -> torch.Tensor:
+        return (levels - self.out_zero_point.to(torch.float32)) * self.out_scale
+
+    def extra_repr(self) -> str:
+        return f"name={self.op_name}, integer={self.integer}"
+
+
+class QuantAdd(IntegerOp):
+    """Residual add. Integer: what ONNX Runtime's QLinearAdd computes
+    (`edgeq.quant.kernels.qlinear_add`); otherwise a float add, as DQ -> Add does."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name, 2)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if not self.integer or self.out_spec is None:
+            return a + b
+        levels = qlinear_add(
+            _levels(a, *self._in(0)),
+            _levels(b, *self._in(1)),
+            self._in(0),
+            self._in(1),
+            (self.out_scale, self.out_zero_point),
+            self.out_spec.qmin,
+            self.out_spec.qmax,
+        )
+        return self._dequantize_output(levels)
+
+
+class QuantGlobalAvgPool(IntegerOp):
+    """Global average pooling to 1x1. Integer: ONNX Runtime's QLinearGlobalAveragePool
+    (exact int32 sum, one float32 rescale); otherwise a float mean."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.integer or self.out_spec is None:
+            return x.mean(dim=(-2, -1), keepdim=True)
+        levels = qlinear_global_average_pool(
+            _levels(x, *self._in(0)),
+            self._in(0),
+            (self.out_scale, self.out_zero_point),
+            self.out_spec.qmin,
+            self.out_spec.qmax,
+        )
+        return self._dequantize_output(levels)

@@ -12,8 +12,8 @@ from torch import fx, nn
 
 from edgeq.graph.capture import capture
 from edgeq.graph.fold_bn import fold_batchnorm
-from edgeq.graph.insert import PlacementReport, prepare
-from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
+from edgeq.graph.insert import PlacementReport, feeding_quantizer, prepare
+from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear, IntegerOp
 from edgeq.ptq.config import PTQConfig, Target
 from edgeq.quant import QuantInputError
 
@@ -97,20 +97,27 @@ def freeze(gm: fx.GraphModule) -> None:
         if isinstance(m, ActivationQuantizer):
             m.freeze()
     for node in gm.graph.nodes:
-        if node.op == "call_module" and isinstance(modules[node.target], QuantConv2d | QuantLinear):
-            users = [modules.get(u.target) for u in node.users if u.op == "call_module"]
-            out = (
-                users[0] if len(users) == 1 and isinstance(users[0], ActivationQuantizer) else None
-            )
-            modules[node.target].freeze_weight(input_quantizer(node, modules), out)
+        if node.op != "call_module":
+            continue
+        m = modules[node.target]
+        if isinstance(m, QuantConv2d | QuantLinear):
+            m.freeze_weight(input_quantizer(node, modules), output_quantizer(node, modules))
+        elif isinstance(m, IntegerOp):
+            inputs = [feeding_quantizer(a, modules) for a in node.args]
+            m.freeze_io(inputs, output_quantizer(node, modules))
+
+
+def output_quantizer(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationQuantizer | None:
+    """The quantizer that is the only consumer of ``node``'s output, or None."""
+    users = [modules.get(u.target) for u in node.users if u.op == "call_module"]
+    if len(node.users) == 1 and len(users) == 1 and isinstance(users[0], ActivationQuantizer):
+        return users[0]
+    return None
 
 
 def input_quantizer(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationQuantizer:
     """The quantizer that feeds ``node`` (through pass-through ops)."""
-    src = node.args[0]
-    while isinstance(src, fx.Node):
-        m = modules.get(src.target) if src.op == "call_module" else None
-        if isinstance(m, ActivationQuantizer):
-            return m
-        src = src.args[0] if src.args else None
-    raise RuntimeError(f"{node.target}: no activation quantizer feeds this layer")
+    q = feeding_quantizer(node.args[0], modules)
+    if q is None:
+        raise RuntimeError(f"{node.target}: no activation quantizer feeds this layer")
+    return q

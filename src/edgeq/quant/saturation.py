@@ -66,20 +66,25 @@ def limit_pairs(q: torch.Tensor, w_over_scale: torch.Tensor) -> torch.Tensor:
     if odd:
         rows = torch.nn.functional.pad(rows, (0, 1))
         real = torch.nn.functional.pad(real, (0, 1))
-    pairs = rows.reshape(rows.shape[0], -1, 2)
-    real_pairs = real.reshape(real.shape[0], -1, 2)
-    sign = torch.sign(pairs.sum(-1, keepdim=True))
-    while True:
-        mag = pairs.abs()
-        same = (pairs[..., 0] * pairs[..., 1]) > 0
-        over = same & (mag.sum(-1) > PAIR_LIMIT)
-        if not bool(over.any()):
+    pairs = rows.reshape(-1, 2)
+    real_pairs = real.reshape(-1, 2)
+    # only pairs that can saturate change, and lowering one never makes another saturate:
+    # work on that (usually small) subset
+    over = ((pairs[:, 0] * pairs[:, 1]) > 0) & (pairs.abs().sum(-1) > PAIR_LIMIT)
+    idx = over.nonzero().squeeze(1)
+    sub, real_sub = pairs[idx], real_pairs[idx].abs()
+    sign = torch.sign(sub.sum(-1, keepdim=True))
+    while sub.numel():
+        mag = sub.abs()
+        still = ((sub[:, 0] * sub[:, 1]) > 0) & (mag.sum(-1) > PAIR_LIMIT)
+        if not bool(still.any()):
             break
         # excess of each element's magnitude over its real magnitude: lower the larger
-        excess = mag.double() - real_pairs.abs()
-        pick_second = excess[..., 1] > excess[..., 0]
-        step = torch.stack([~pick_second, pick_second], dim=-1) & over[..., None]
-        pairs = pairs - step.to(torch.int64) * sign.to(torch.int64)
+        excess = mag.double() - real_sub
+        pick_second = excess[:, 1] > excess[:, 0]
+        step = torch.stack([~pick_second, pick_second], dim=-1) & still[:, None]
+        sub = sub - step.to(torch.int64) * sign
+    pairs[idx] = sub
     out = pairs.reshape(rows.shape)
     if odd:
         out = out[:, :-1]
