@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/edgeq demo
+	$(BIN)/edgeq demo --out runs/demo --force
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,13 +1,15 @@
-"""W8A8 PTQ of the real pretrained MobileNetV2 on ImageNet dev images, in ONNX Runtime.
+"""W8A8 PTQ of the real pretrained MobileNetV2, next to the tools users would pick instead.
 
+    .venv/bin/pip install -e ".[bench]"      # NNCF (benchmark-only dependency)
     .venv/bin/python benchmarks/ptq_mobilenet_v2.py ../shared/data/imagenet-val-dev \
-        [--target portable|vnni] [--out benchmarks/results]
+        [--out benchmarks/results] [--skip-peers]
 
 Calibrates on the first 256 images (sorted by file name), evaluates on all of them.
-Writes ptq_mobilenet_v2.json/.md: FP32 vs simulation vs ONNX Runtime int8 top-1,
-agreement, ORT-vs-simulation fidelity, sizes, node counts, latency ratios (batch 1
-and 32, 2 threads, FP32 and int8 interleaved in the same run).
-Peers (ORT quantize_static, NNCF, PyTorch FX) are not in this script yet.
+Every model is an ONNX file run by ONNX Runtime on the CPU with 2 threads (PyTorch
+FX, which has no ONNX path, is evaluated in PyTorch). Latency is measured in one run,
+all models interleaved round by round, and reported as a ratio to the FP32 ONNX.
+Also: ResNet-18 latency (random weights), the packed int8 and int4 weight-only
+artifacts' sizes. Writes ptq_mobilenet_v2.json and .md.
 """
 
 from __future__ import annotations
@@ -16,106 +18,242 @@ import argparse
 import collections
 import json
 import platform
+import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
-import torchvision
 
+sys.path.insert(0, str(Path(__file__).parent))
+import edgeq
+import peers
 from edgeq.data import load_labeled_images
-from edgeq.export import export_onnx
 from edgeq.models import mobilenet_v2_weights_path
-from edgeq.ptq import PTQConfig, quantize
 from edgeq.runtime import measure_latency, ort_session
+
+CALIB = 256
 
 
 def _run(sess, x: torch.Tensor) -> np.ndarray:
+    name = sess.get_inputs()[0].name
     return np.concatenate(
-        [sess.run(None, {"input": x[i : i + 32].numpy()})[0] for i in range(0, len(x), 32)]
+        [sess.run(None, {name: x[i : i + 32].numpy()})[0] for i in range(0, len(x), 32)]
     )
+
+
+def _ops(path: Path, tmp: Path) -> dict[str, int]:
+    opt = tmp / f"{path.stem}.opt.onnx"
+    ort_session(path, optimized_model_path=opt)
+    return dict(collections.Counter(n.op_type for n in onnx.load(str(opt)).graph.node))
+
+
+def _dir_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("data", type=Path)
-    parser.add_argument("--target", default="portable", choices=["portable", "vnni"])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--skip-peers", action="store_true", help="edgeq only (quick check)")
+    parser.add_argument("--rounds", type=int, default=20, help="latency rounds per model")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    model = torchvision.models.mobilenet_v2()
-    model.load_state_dict(
-        torch.load(mobilenet_v2_weights_path(), weights_only=True, map_location="cpu")
-    )
-    model.eval()
+    tmp = Path(tempfile.mkdtemp(prefix="edgeq-bench-"))
+
+    model = edgeq.load_model("torchvision:mobilenet_v2", weights=mobilenet_v2_weights_path())
     x, y = load_labeled_images(args.data).tensors()
-    calib = [x[i : i + 32] for i in range(0, 256, 32)]
-    qm = quantize(model, calib, PTQConfig(target=args.target))
-    with torch.no_grad():
-        fp, sim = model(x).numpy(), qm.module(x).numpy()
-    tmp = Path(tempfile.mkdtemp())
-    q_path = export_onnx(qm.module, tmp / "int8.onnx", x[:1])
-    f_path = export_onnx(qm.float_module, tmp / "fp32.onnx", x[:1], quantized=False)
-    sq = ort_session(q_path, optimized_model_path=tmp / "opt.onnx")
-    sf = ort_session(f_path)
-    oq, of = _run(sq, x), _run(sf, x)
     labels = y.numpy()
-    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp / "opt.onnx")).graph.node)
-    lat = {b: measure_latency({"fp32": sf, "int8": sq}, x[:b].numpy(), rounds=20) for b in (1, 32)}
+    calib = [x[i : i + 32] for i in range(0, CALIB, 32)]
+
+    # edgeq
+    qm = edgeq.quantize(model, calib)
+    with torch.no_grad():
+        fp_torch = model(x).numpy()
+        sim = np.concatenate([qm(x[i : i + 50]).numpy() for i in range(0, len(x), 50)])
+    fp32_path = edgeq.export_onnx(qm, tmp / "fp32.onnx", x[:1], quantized=False)
+    paths: dict[str, Path] = {"edgeq": edgeq.export_onnx(qm, tmp / "edgeq.onnx", x[:1])}
+    seconds = {"edgeq": qm.seconds}
+
+    # peers
+    fx_top1 = fx_agree = None
+    if not args.skip_peers:
+        for method in ("MinMax", "Percentile"):
+            for act, rr in (("int8", False), ("uint8", False), ("uint8", True)):
+                key = f"ort-{method.lower()}-{act}" + ("-reduce_range" if rr else "")
+                print(f"running {key} ...", flush=True)
+                p = tmp / f"{key}.onnx"
+                seconds[key] = peers.ort_quantize_static(
+                    fp32_path, p, calib, method=method, activation=act, reduce_range=rr
+                )
+                paths[key] = p
+        print("running nncf ...", flush=True)
+        try:
+            seconds["nncf"] = peers.nncf_quantize(fp32_path, tmp / "nncf.onnx", calib)
+            paths["nncf"] = tmp / "nncf.onnx"
+        except ImportError:
+            print("nncf is not installed (pip install -e '.[bench]'): skipped", flush=True)
+        print("running pytorch fx ...", flush=True)
+        fx_model, seconds["pytorch-fx"] = peers.fx_ptq(model, calib)
+        with torch.no_grad():
+            fx_logits = fx_model(x).numpy()
+        fx_top1 = float((fx_logits.argmax(1) == labels).mean())
+        fx_agree = float((fx_logits.argmax(1) == fp_torch.argmax(1)).mean())
+
+    sessions = {"fp32": ort_session(fp32_path)} | {k: ort_session(p) for k, p in paths.items()}
+    logits = {k: _run(s, x) for k, s in sessions.items()}
+    ref = logits["fp32"].argmax(1)
+    lat = {b: measure_latency(sessions, x[:b].numpy(), rounds=args.rounds) for b in (1, 32)}
+    models = {}
+    for k in sessions:
+        models[k] = {
+            "top1": float((logits[k].argmax(1) == labels).mean()),
+            "agreement_with_fp32": float((logits[k].argmax(1) == ref).mean()),
+            "bytes": (fp32_path if k == "fp32" else paths[k]).stat().st_size,
+            "latency_ratio_b1": lat[1][k] / lat[1]["fp32"],
+            "latency_ratio_b32": lat[32][k] / lat[32]["fp32"],
+            "latency_ms_b1": 1000 * lat[1][k],
+            "latency_ms_b32": 1000 * lat[32][k],
+            "quantize_seconds": seconds.get(k),
+            "ops": _ops(fp32_path if k == "fp32" else paths[k], tmp),
+        }
+    if fx_top1 is not None:
+        models["pytorch-fx"] = {
+            "top1": fx_top1,
+            "agreement_with_fp32": fx_agree,
+            "quantize_seconds": seconds["pytorch-fx"],
+            "note": "evaluated in PyTorch (FX-mode models do not export to ONNX)",
+        }
+    oq = logits["edgeq"]
+    ort_vs_sim = {
+        "top1_agreement": float((oq.argmax(1) == sim.argmax(1)).mean()),
+        "max_abs_logit_difference": float(np.abs(oq - sim).max()),
+        "logits_sqnr_db": (
+            float("inf")
+            if np.array_equal(oq, sim)
+            else float(10 * np.log10((sim**2).sum() / ((oq - sim) ** 2).sum()))
+        ),
+    }
+
+    # packed artifacts: int8 (this model) and int4 weight-only
+    art8 = edgeq.save(qm, tmp / "artifact-int8")
+    t0 = time.perf_counter()
+    q4 = edgeq.quantize(model, [], edgeq.PTQConfig.weight_only(bits=4, group_size=128))
+    q4_seconds = time.perf_counter() - t0
+    art4 = edgeq.save(q4, tmp / "artifact-int4")
+    with torch.no_grad():
+        w4 = np.concatenate([q4(x[i : i + 50]).numpy() for i in range(0, len(x), 50)])
+    fp32_bytes = fp32_path.stat().st_size
+    artifacts = {
+        "int8_w8a8": {
+            "bytes": _dir_bytes(art8),
+            "ratio_to_fp32_onnx": _dir_bytes(art8) / fp32_bytes,
+        },
+        "int4_weight_only_g128": {
+            "bytes": _dir_bytes(art4),
+            "ratio_to_fp32_onnx": _dir_bytes(art4) / fp32_bytes,
+            "top1": float((w4.argmax(1) == labels).mean()),
+            "agreement_with_fp32": float((w4.argmax(1) == ref).mean()),
+            "quantize_seconds": q4_seconds,
+        },
+    }
+
+    # ResNet-18, random weights, latency only
+    torch.manual_seed(0)
+    r18 = edgeq.load_model("torchvision:resnet18")
+    r_calib = [torch.randn(8, 3, 224, 224) for _ in range(2)]
+    rq = edgeq.quantize(r18, r_calib)
+    r_fp = edgeq.export_onnx(rq, tmp / "r18_fp32.onnx", r_calib[0][:1], quantized=False)
+    r_q = edgeq.export_onnx(rq, tmp / "r18_int8.onnx", r_calib[0][:1])
+    r_sess = {"fp32": ort_session(r_fp), "edgeq": ort_session(r_q)}
+    r_lat = {
+        b: measure_latency(r_sess, torch.randn(b, 3, 224, 224).numpy(), rounds=args.rounds)
+        for b in (1, 32)
+    }
+    resnet18 = {
+        "latency_ratio_b1": r_lat[1]["edgeq"] / r_lat[1]["fp32"],
+        "latency_ratio_b32": r_lat[32]["edgeq"] / r_lat[32]["fp32"],
+        "ops": _ops(r_q, tmp),
+    }
+
     res = {
         "images": len(x),
-        "calibration_images": 256,
-        "target": args.target,
-        "top1": {
-            "fp32_torch": float((fp.argmax(1) == labels).mean()),
-            "fp32_onnx": float((of.argmax(1) == labels).mean()),
-            "sim": float((sim.argmax(1) == labels).mean()),
-            "int8_onnx": float((oq.argmax(1) == labels).mean()),
-        },
-        "agreement_with_fp32": {
-            "sim": float((sim.argmax(1) == fp.argmax(1)).mean()),
-            "int8_onnx": float((oq.argmax(1) == fp.argmax(1)).mean()),
-        },
-        "ort_vs_sim": {
-            "top1_agreement": float((oq.argmax(1) == sim.argmax(1)).mean()),
-            "logits_sqnr_db": float(10 * np.log10((sim**2).sum() / ((oq - sim) ** 2).sum())),
-        },
-        "bytes": {"fp32_onnx": f_path.stat().st_size, "int8_onnx": q_path.stat().st_size},
-        "size_ratio": q_path.stat().st_size / f_path.stat().st_size,
-        "optimized_graph_ops": dict(ops),
-        "latency_s": {str(b): v for b, v in lat.items()},
-        "latency_ratio": {str(b): v["int8"] / v["fp32"] for b, v in lat.items()},
-        "quantize_seconds": qm.seconds,
+        "calibration_images": CALIB,
+        "fp32_torch_top1": float((fp_torch.argmax(1) == labels).mean()),
+        "sim_top1": float((sim.argmax(1) == labels).mean()),
+        "models": models,
+        "ort_vs_sim": ort_vs_sim,
+        "artifacts": artifacts,
+        "resnet18_random_weights": resnet18,
         "machine": {
-            "cpu": platform.processor(),
+            "cpu": platform.processor() or platform.machine(),
             "threads": 2,
             "onnxruntime": __import__("onnxruntime").__version__,
+            "torch": torch.__version__,
+            "edgeq": edgeq.__version__,
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ptq_mobilenet_v2.json").write_text(json.dumps(res, indent=2) + "\n")
-    t, a, f = res["top1"], res["agreement_with_fp32"], res["ort_vs_sim"]
-    md = [
-        "# W8A8 PTQ, MobileNetV2 (real weights), ImageNet dev images",
+    md = _markdown(res)
+    (args.out / "ptq_mobilenet_v2.md").write_text(md)
+    print(md)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fmt(v, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _markdown(res: dict) -> str:
+    fp = res["models"]["fp32"]["top1"]
+    lines = [
+        "# W8A8 PTQ, MobileNetV2 (real ImageNet weights), ImageNet dev images",
         "",
-        f"{res['images']} images, calibrated on 256; target={args.target}; "
-        "ONNX Runtime, 2 threads.",
+        f"{res['images']} images, calibrated on the first {res['calibration_images']}; "
+        f"ONNX Runtime {res['machine']['onnxruntime']}, CPU, 2 threads; latency is the "
+        "median of interleaved rounds, as a ratio to the FP32 ONNX in the same run.",
         "",
-        "| model | top-1 | agreement with FP32 |",
-        "| --- | --- | --- |",
-        f"| FP32 (ONNX) | {t['fp32_onnx']:.3f} | 1.000 |",
-        f"| edgeq simulation (PyTorch) | {t['sim']:.3f} | {a['sim']:.3f} |",
-        f"| edgeq int8 (ONNX Runtime) | {t['int8_onnx']:.3f} | {a['int8_onnx']:.3f} |",
-        "",
-        f"ORT vs simulation: top-1 agreement {f['top1_agreement']:.3f}, "
-        f"logits SQNR {f['logits_sqnr_db']:.1f} dB.",
-        f"Size: int8 / fp32 = {res['size_ratio']:.3f}. Latency int8 / fp32: batch 1 "
-        f"{res['latency_ratio']['1']:.2f}, batch 32 {res['latency_ratio']['32']:.2f}.",
-        f"Optimized graph ops: {dict(ops)}. Quantize: {qm.seconds:.1f} s.",
+        "| model | top-1 | Δ top-1 (pt) | agreement with FP32 | latency b1 | latency b32 "
+        "| size (MB) | quantize (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    (args.out / "ptq_mobilenet_v2.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    for k, m in res["models"].items():
+        size = m.get("bytes")
+        lines.append(
+            f"| {k} | {m['top1']:.3f} | {100 * (m['top1'] - fp):+.1f} | "
+            f"{m['agreement_with_fp32']:.3f} | {_fmt(m.get('latency_ratio_b1'), '.2f')} | "
+            f"{_fmt(m.get('latency_ratio_b32'), '.2f')} | "
+            f"{_fmt(size / 1e6 if size else None, '.2f')} | "
+            f"{_fmt(m.get('quantize_seconds'), '.1f')} |"
+        )
+    v = res["ort_vs_sim"]
+    a = res["artifacts"]
+    r = res["resnet18_random_weights"]
+    e = res["models"]["edgeq"]
+    lines += [
+        "",
+        f"edgeq in ONNX Runtime vs its PyTorch simulation: top-1 agreement "
+        f"{v['top1_agreement']:.3f}, max |logit difference| {v['max_abs_logit_difference']:.3g}, "
+        f"logits SQNR {v['logits_sqnr_db']:.1f} dB.",
+        "",
+        f"edgeq int8 ONNX size / FP32 ONNX: {e['bytes'] / res['models']['fp32']['bytes']:.3f}. "
+        f"Packed artifacts / FP32 ONNX: int8 {a['int8_w8a8']['ratio_to_fp32_onnx']:.3f}, "
+        f"int4 weight-only (group 128) {a['int4_weight_only_g128']['ratio_to_fp32_onnx']:.3f} "
+        f"(top-1 {a['int4_weight_only_g128']['top1']:.3f}, agreement "
+        f"{a['int4_weight_only_g128']['agreement_with_fp32']:.3f}).",
+        "",
+        f"ResNet-18 (random weights) edgeq int8 / FP32 latency: batch 1 "
+        f"{r['latency_ratio_b1']:.2f}, batch 32 {r['latency_ratio_b32']:.2f}.",
+        "",
+        f"edgeq ops after ONNX Runtime optimization: {e['ops']}.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,285 @@
+"""The `edgeq` command end to end on a tiny model and a generated image folder: run
+folders, reports, recipes, exit codes and atomic writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
 import pytest
+import torch
+from PIL import Image
+from torch import nn
 
+import edgeq
 from edgeq.cli import main
+from edgeq.recipe import RecipeError, resolve
+
+FACTORY = f"{__name__}:tiny_classifier"
 
 
-def test_demo_prints_the_per_layer_table(capsys, mobilenet_v2_state_dict):
-    assert main(["demo", "--worst", "3"]) == 0
+class TinyClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=4, padding=1), nn.BatchNorm2d(16), nn.ReLU()
+        )
+        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16))
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.block(x)
+        y = y + self.pool(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def tiny_classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyClassifier().eval()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (root / f"class_{c}").mkdir()
+        for i in range(6):
+            arr = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+            arr[..., c] = 255  # a class-dependent colour cast
+            Image.fromarray(arr).save(root / f"class_{c}" / f"{i}.png")
+    return root
+
+
+def _quantize(tmp_path, images, *extra: str) -> int:
+    return main(
+        [
+            "quantize",
+            FACTORY,
+            "--calib",
+            str(images),
+            "--eval",
+            str(images),
+            "--quiet",
+            *extra,
+        ]
+    )
+
+
+def test_quantize_writes_a_complete_run_folder(tmp_path, images, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bench = tmp_path / "r.yaml"
+    bench.write_text("bench: {batch: [1, 4], rounds: 3}\n")
+    assert _quantize(tmp_path, images, "--config", str(bench)) == 0
+    run = tmp_path / "runs" / "001"
+    for name in (
+        "fp32.onnx",
+        "quantized.onnx",
+        "recipe.yaml",
+        "metrics.json",
+        "per_layer.csv",
+        "report.md",
+        "report.html",
+        "model/edgeq.json",
+        "model/model.safetensors",
+        "plots/per_layer_sqnr.png",
+    ):
+        assert (run / name).is_file(), name
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["export_check"]["pass"] is True
+    assert m["export_check"]["max_abs_logit_difference"] == 0.0
+    assert set(m["latency"]) == {"1", "4"}
+    assert 0.0 <= m["accuracy"]["quantized_onnx"]["top1"] <= 1.0
+    meta = {p.key: p.value for p in onnx.load(str(run / "quantized.onnx")).metadata_props}
+    assert meta["source_model"] == FACTORY
+    assert "PASS" in (run / "report.md").read_text()
+    # the packed artifact restores the same simulation
+    qm = edgeq.load(run)
+    x = torch.randn(2, 3, 224, 224)
+    assert qm(x).shape == (2, 3)
     out = capsys.readouterr().out
-    assert "53 weight tensors" in out
-    assert "int8/channel: median" in out
+    assert "next:" in out
+    assert "edgeq bench" in out
+    # a second run never overwrites the first
+    assert _quantize(tmp_path, images, "--config", str(bench)) == 0
+    assert (tmp_path / "runs" / "002" / "metrics.json").is_file()
+    # compare shows both runs side by side
+    capsys.readouterr()
+    assert main(["compare", str(run), str(tmp_path / "runs" / "002")]) == 0
+    table = capsys.readouterr().out
+    assert "runs/001" in table
+    assert "runs/002" in table
+    assert "latency_ratio_b1" in table
 
 
-def test_unknown_command_exits_with_usage_error(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["frobnicate"])
-    assert exc.value.code == 2
+def test_existing_out_folder_needs_force(tmp_path, images, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous results")
+    assert _quantize(tmp_path, images, "--out", str(out)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "--force" in err[0]
+    assert (out / "keep.txt").read_text() == "previous results"
+
+
+def test_interrupted_export_leaves_no_complete_looking_file(tmp_path, images, monkeypatch):
+    calls = {"n": 0}
+    real_save = onnx.save
+
+    def failing_save(model, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the quantized model: die halfway through the write
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            raise KeyboardInterrupt
+        return real_save(model, path, *a, **k)
+
+    monkeypatch.setattr(onnx, "save", failing_save)
+    out = tmp_path / "run"
+    assert _quantize(tmp_path, images, "--out", str(out)) == 130
+    assert (out / "fp32.onnx").is_file()
+    assert not (out / "quantized.onnx").exists()
+    assert not list(out.glob("*.tmp"))
+    assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["quantize", FACTORY, "--calib", "/nonexistent"], "/nonexistent: not a folder"),
+        (["quantize", "torchvision:mobilenet_v9", "--calib", "."], "did you mean 'mobilenet_v2'"),
+        (["quantize", "nosuchpkg.mod:fn", "--calib", "."], "cannot import 'nosuchpkg.mod'"),
+        (["bench", "/nonexistent.onnx"], "ONNX file not found"),
+        (["compare", "/nonexistent"], "no metrics.json"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_1(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 1
+    assert not (tmp_path / "runs").exists()  # nothing created for a failed start
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert message in err[0]
+
+
+def test_corrupt_weights_file_is_named(tmp_path, images, capsys):
+    bad = tmp_path / "w.pth"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "run"
+    assert (
+        main(
+            ["quantize", FACTORY, "--calib", str(images), "--weights", str(bad), "--out", str(out)]
+        )
+        == 1
+    )
+    assert not out.exists()
+    assert f"{bad}: not a valid checkpoint" in capsys.readouterr().err
+
+
+def test_internal_errors_exit_2(monkeypatch, images, tmp_path, capsys):
+    import edgeq.jobs.quantize as job
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(job, "per_layer_errors", boom)
+    assert _quantize(tmp_path, images, "--out", str(tmp_path / "r")) == 2
+    assert "internal error" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_resolved_recipe_with_flags_over_file(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("calibration: {images: 64}\ntarget: vnni\n")
+    code = main(
+        [
+            "quantize",
+            FACTORY,
+            "--calib",
+            ".",
+            "--config",
+            str(recipe),
+            "--calib-images",
+            "32",
+            "--dry-run",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "images: 32" in out
+    assert "target: vnni" in out
+    assert "range_method: percentile" in out
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ({"weight": {"bitz": 4}}, "unknown key weight.'bitz'; did you mean weight.'bits'?"),
+        ({"calibraton": {}}, "did you mean 'calibration'?"),
+        ({"mode": "statik"}, "did you mean 'static'?"),
+        ({"weight": {"bits": 1}}, "weight: bits=1"),
+        ({"calibration": {"images": 0}}, "calibration.images=0 must be a positive integer"),
+        ({"overrides": [{"match": "fc", "bitz": 4}]}, "did you mean overrides[0].'bits'?"),
+        ({"overrides": [{"match": "fc", "bits": 4, "float": True}]}, "not both"),
+    ],
+)
+def test_recipe_errors_name_the_key(recipe, message):
+    with pytest.raises(RecipeError) as e:
+        resolve(recipe)
+    assert message in str(e.value)
+
+
+def test_recipe_error_exits_1_through_the_command(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("weight: {bitz: 4}\n")
+    out = tmp_path / "run"
+    assert (
+        main(["quantize", FACTORY, "--calib", ".", "--config", str(recipe), "--out", str(out)]) == 1
+    )
+    assert not out.exists()
+    assert "did you mean weight.'bits'" in capsys.readouterr().err
+
+
+def test_overrides_keep_layers_in_float_or_change_bits(tmp_path, images):
+    x = torch.randn(4, 3, 64, 64)
+    cfg = resolve(
+        {"overrides": [{"match": "stem.*", "float": True}, {"match": "block.0", "bits": 4}]}
+    )
+    from edgeq.recipe import to_config
+
+    qm = edgeq.quantize(tiny_classifier(), [x], to_config(cfg))
+    assert any("stem.0" in f for f in qm.placement.float_ops)
+    assert qm.module.get_submodule("block.0").weight_spec.bits == 4
+    assert int(qm.module.get_submodule("block.0").weight_levels().abs().max()) <= 8
+    # still exports and runs; a float layer is float arithmetic in two runtimes, so the
+    # simulation is close to ONNX Runtime rather than bit-exact
+    path = edgeq.export_onnx(qm, tmp_path / "m.onnx", x[:1])
+    from edgeq.evaluate.classification import as_predictor
+
+    with torch.no_grad():
+        np.testing.assert_allclose(as_predictor(path)(x), qm(x).numpy(), atol=0.01)
+
+
+def test_bench_and_eval_commands(tmp_path, images, capsys):
+    qm = edgeq.quantize(tiny_classifier(), [torch.randn(4, 3, 224, 224)])
+    path = edgeq.export_onnx(qm, tmp_path / "m.onnx", torch.randn(1, 3, 224, 224))
+    assert main(["bench", str(path), "--batch", "1", "2", "--rounds", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["batch"] for r in res] == [1, 2]
+    assert all(r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in res)
+    assert main(["eval", str(path), "--data", str(images), "--ref", FACTORY, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["images"] == 18
+    assert {"top1", "top5", "agreement", "sqnr_db", "kl"} <= set(res)
+
+
+def test_sample_photographs_give_real_calibration_images():
+    from edgeq.data.samples import sample_photo_batch
+
+    x = sample_photo_batch()
+    assert x.shape[1:] == (3, 224, 224)
+    assert x.shape[0] >= 100
+    assert float(x.std()) > 0.5  # real images, not constants

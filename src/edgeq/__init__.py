@@ -1,3 +1,27 @@
-"""edgeq: compress PyTorch models for edge deployment, measured in the runtime."""
+"""edgeq: compress PyTorch models for edge deployment, measured in the runtime.
+
+import edgeq
+model = edgeq.load_model("torchvision:mobilenet_v2", weights="mobilenet_v2.pth")
+qmodel = edgeq.quantize(model, calib_batches)            # static W8A8 PTQ
+edgeq.export_onnx(qmodel, "model.int8.onnx", example)    # QDQ ONNX, integer kernels
+edgeq.save(qmodel, "model.edgeq")                        # packed artifact
+qmodel = edgeq.load("model.edgeq")                       # same simulation, bit-exact
+"""
 
 __version__ = "0.1.0"
+
+from edgeq.artifact import load, save
+from edgeq.export import export_onnx
+from edgeq.models import load_model
+from edgeq.ptq import PTQConfig, QuantizedModel, quantize
+
+__all__ = [
+    "PTQConfig",
+    "QuantizedModel",
+    "__version__",
+    "export_onnx",
+    "load",
+    "load_model",
+    "quantize",
+    "save",
+]

@@ -1,56 +1,403 @@
-"""The `edgeq` command. A thin layer: each subcommand calls one public function."""
+"""The `edgeq` command: verbs with --flags; every verb also takes --config recipe.yaml.
+
+    edgeq quantize MODEL --calib DATA [--eval DATA] [--weights FILE] [--config FILE]
+                         [--out DIR] [--force] [--dry-run]
+    edgeq eval MODEL_OR_ONNX --data DATA [--ref MODEL_OR_ONNX] [--weights FILE]
+    edgeq bench ONNX [--batch N ...] [--threads N] [--rounds N]
+    edgeq compare RUN_OR_MODEL ...
+    edgeq demo [--eval DATA] [--out DIR]
+
+Exit codes: 0 success, 1 user error (one line on stderr), 2 internal error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import traceback
+from pathlib import Path
+from typing import Any
 
-import torch
-
-from edgeq.evaluate import weight_error_table
-from edgeq.models import PretrainedWeightsMissing, mobilenet_v2_weights_path
-from edgeq.quant import QuantSpec
+from edgeq.recipe import RecipeError, dump, load_recipe, resolve
 
 
-def demo(worst: int = 8) -> int:
-    """Quantize the real pretrained MobileNetV2's weights (int8 per channel and int4 per
-    group, MSE ranges) and print the per-layer error, worst layers first."""
-    path = mobilenet_v2_weights_path()
-    state_dict = torch.load(path, weights_only=True, map_location="cpu")
-    specs = {
-        "int8/channel": QuantSpec(bits=8, granularity="per_channel", axis=0, range_method="mse"),
-        "int4/channel": QuantSpec(bits=4, granularity="per_channel", axis=0, range_method="mse"),
+class UserError(Exception):
+    """A mistake the user can fix: printed as one line, exit code 1."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from edgeq.artifact import ArtifactError
+    from edgeq.data.images import DataError
+    from edgeq.export.onnx_qdq import ExportError
+    from edgeq.graph.capture import CaptureError
+    from edgeq.models import ModelLoadError, PretrainedWeightsMissing
+    from edgeq.quant import QuantInputError, SpecError
+    from edgeq.runs import RunFolderError
+
+    return (
+        UserError,
+        RecipeError,
+        ArtifactError,
+        DataError,
+        ExportError,
+        CaptureError,
+        ModelLoadError,
+        PretrainedWeightsMissing,
+        QuantInputError,
+        SpecError,
+        RunFolderError,
+        FileNotFoundError,
+    )
+
+
+class _Out:
+    def __init__(self, quiet: bool, as_json: bool) -> None:
+        self.quiet = quiet or as_json
+        self.as_json = as_json
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    def result(self, text: str, data: Any) -> None:
+        if self.as_json:
+            print(json.dumps(data, indent=2, default=str))
+        else:
+            print(text)
+
+
+def _recipe(args: argparse.Namespace, flags: dict[str, Any]) -> dict[str, Any]:
+    base = load_recipe(args.config) if getattr(args, "config", None) else {}
+    return resolve(base, flags)
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float) and v == float("inf"):
+        return "inf"
+    return format(v, spec)
+
+
+def _summary(metrics: dict[str, Any], out: Path) -> str:
+    acc = metrics["accuracy"]
+    lines = [f"run folder: {out}", ""]
+    rows = [
+        ("FP32 (ONNX Runtime)", "fp32_onnx"),
+        ("quantized (ONNX Runtime)", "quantized_onnx"),
+        ("simulation (PyTorch)", "simulation"),
+    ]
+    lines.append(f"{'model':<28} {'top-1':>7} {'agree':>7} {'size MB':>8}")
+    sizes = {
+        "fp32_onnx": metrics["bytes"].get("fp32_onnx"),
+        "quantized_onnx": metrics["bytes"].get("quantized_onnx"),
+        "simulation": metrics["bytes"].get("artifact"),
     }
-    tables = {label: weight_error_table(state_dict, spec) for label, spec in specs.items()}
-    first = next(iter(tables.values()))
-    print(f"MobileNetV2 (torchvision ImageNet weights, {path.name}): {len(first)} weight tensors")
-    print("weight SQNR in dB (higher is better); worst int8 layers first\n")
-    labels = list(tables)
-    print(f"{'layer':<34} {'shape':<14} " + " ".join(f"{lab:>13}" for lab in labels))
-    order = sorted(range(len(first)), key=lambda i: float(first[i]["sqnr_db"]))
-    for i in order[:worst]:
-        row = first[i]
-        cells = " ".join(f"{float(tables[lab][i]['sqnr_db']):13.1f}" for lab in labels)
-        print(f"{row['name']!s:<34} {row['shape']!s:<14} {cells}")
-    for lab in labels:
-        vals = [float(r["sqnr_db"]) for r in tables[lab]]
-        print(f"\n{lab}: median {sorted(vals)[len(vals) // 2]:.1f} dB, min {min(vals):.1f} dB")
+    for label, key in rows:
+        if key not in acc:
+            continue
+        m = acc[key]
+        size = sizes[key]
+        lines.append(
+            f"{label:<28} {_fmt(m.get('top1')):>7} "
+            f"{_fmt(m.get('agreement', 1.0 if key == 'fp32_onnx' else None)):>7} "
+            f"{_fmt(size / 1e6 if size else None, '.2f'):>8}"
+        )
+    for b, v in metrics.get("latency", {}).items():
+        lines.append(
+            f"latency batch {b}: FP32 {v['fp32_ms']:.2f} ms, quantized "
+            f"{v['quantized_ms']:.2f} ms (ratio {v['ratio']:.2f})"
+        )
+    ec = metrics.get("export_check")
+    if ec:
+        lines.append(
+            f"export check (ONNX Runtime vs simulation): top-1 agreement "
+            f"{ec['top1_agreement']:.3f}, max |diff| {ec['max_abs_logit_difference']:.3g} "
+            f"-> {'PASS' if ec['pass'] else 'FAIL'}"
+        )
+    lines += [
+        "",
+        "next:",
+        f"  open {out / 'report.html'}",
+        f"  edgeq bench {out / 'quantized.onnx'} --batch 1 32",
+        f"  edgeq compare {out} <another run>",
+        f"  python -c \"import edgeq; m = edgeq.load('{out}')\"",
+    ]
+    return "\n".join(lines)
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Fail before creating a run folder when an input path is wrong."""
+    from edgeq.data import load_labeled_images
+
+    weights = getattr(args, "weights", None)
+    if weights and not Path(weights).is_file():
+        raise UserError(f"{weights}: weights file not found")
+    model = getattr(args, "model", None)
+    if model:
+        from edgeq.models import load_model
+
+        load_model(model, weights)  # unknown architecture, bad factory or weights
+    for flag in ("calib", "eval"):
+        if getattr(args, flag, None):
+            load_labeled_images(getattr(args, flag))  # raises DataError naming the folder
+
+
+def cmd_quantize(args: argparse.Namespace, out: _Out) -> int:
+    from edgeq.jobs.quantize import QuantizeJob, run_quantize
+    from edgeq.runs import new_run_dir
+
+    recipe = _recipe(
+        args, {"calibration.images": args.calib_images, "mode": args.mode, "target": args.target}
+    )
+    if args.dry_run:
+        print(dump(recipe), end="")
+        return 0
+    _check_inputs(args)
+    run_dir = new_run_dir(args.out, force=args.force)
+    job = QuantizeJob(
+        model=args.model,
+        out=run_dir,
+        recipe=recipe,
+        weights=Path(args.weights) if args.weights else None,
+        calib=Path(args.calib) if args.calib else None,
+        eval=Path(args.eval) if args.eval else None,
+        progress=not out.quiet,
+        log=out.log,
+    )
+    metrics = run_quantize(job)
+    out.result(_summary(metrics, run_dir), metrics)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgeq", description=__doc__)
+def cmd_demo(args: argparse.Namespace, out: _Out) -> int:
+    from edgeq.jobs.quantize import QuantizeJob, run_quantize
+    from edgeq.models import mobilenet_v2_weights_path
+    from edgeq.runs import new_run_dir
+
+    recipe = _recipe(args, {"calibration.images": args.calib_images})
+    if args.dry_run:
+        print(dump(recipe), end="")
+        return 0
+    run_dir = new_run_dir(args.out, force=args.force)
+    out.log(
+        "edgeq demo: W8A8 post-training quantization of torchvision's pretrained "
+        "MobileNetV2, offline"
+    )
+    job = QuantizeJob(
+        model="torchvision:mobilenet_v2",
+        out=run_dir,
+        recipe=recipe,
+        weights=mobilenet_v2_weights_path(),
+        calib=Path(args.calib) if args.calib else None,
+        eval=Path(args.eval) if args.eval else None,
+        progress=not out.quiet,
+        log=out.log,
+    )
+    metrics = run_quantize(job)
+    out.result(_summary(metrics, run_dir), metrics)
+    return 0
+
+
+def _predictor_for(ref: str, weights: str | None) -> tuple[Any, str]:
+    from edgeq.evaluate.classification import as_predictor
+
+    p = Path(ref)
+    if p.suffix == ".onnx":
+        if not p.is_file():
+            raise UserError(f"{p}: ONNX file not found")
+        return as_predictor(p), str(p)
+    if p.is_dir():
+        import edgeq
+
+        return as_predictor(edgeq.load(p)), f"edgeq artifact {p}"
+    import edgeq
+
+    return as_predictor(edgeq.load_model(ref, weights)), ref
+
+
+def cmd_eval(args: argparse.Namespace, out: _Out) -> int:
+    from edgeq.data import load_labeled_images
+    from edgeq.evaluate.classification import predict, score
+
+    recipe = _recipe(args, {})
+    images = load_labeled_images(args.data)
+    n = recipe["evaluation"]["images"] or len(images)
+    x, y = images.tensors(range(min(n, len(images))))
+    bs = recipe["evaluation"]["batch_size"]
+    batches = [x[i : i + bs] for i in range(0, len(x), bs)]
+    pred, name = _predictor_for(args.model, args.weights)
+    logits = predict(pred, batches, progress=None if out.quiet else "evaluating")
+    ref = None
+    if args.ref:
+        rp, _ = _predictor_for(args.ref, args.ref_weights)
+        ref = predict(rp, batches, progress=None if out.quiet else "reference")
+    res = score(logits, y.numpy(), ref)
+    res_out = {"model": name, "images": len(x), **res}
+    text = "\n".join(
+        [f"{name} on {len(x)} images of {args.data}"]
+        + [f"  {k:<10} {_fmt(v, '.4f')}" for k, v in res.items()]
+    )
+    out.result(text, res_out)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
+    from edgeq.runtime import bench
+
+    recipe = _recipe(
+        args,
+        {"bench.threads": args.threads, "bench.rounds": args.rounds, "bench.batch": args.batch},
+    )
+    p = Path(args.onnx)
+    if not p.is_file():
+        raise UserError(f"{p}: ONNX file not found")
+    b = recipe["bench"]
+    results = [
+        bench(p, batch=n, threads=b["threads"], rounds=b["rounds"], progress=not out.quiet)
+        for n in b["batch"]
+    ]
+    lines = [
+        f"{p} (ONNX Runtime, CPU, {b['threads']} threads, {b['rounds']} rounds)",
+        f"{'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'inputs/s':>9} {'peak MB':>8}",
+    ]
+    for r in results:
+        peak = r["peak_rss_bytes"]
+        lines.append(
+            f"{r['batch']:>5} {r['p50_ms']:>9.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
+            f"{r['throughput_per_s']:>9.1f} {_fmt(peak / 1e6 if peak else None, '.0f'):>8}"
+        )
+    out.result("\n".join(lines), results)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, out: _Out) -> int:
+    rows = []
+    for ref in args.runs:
+        p = Path(ref)
+        mpath = p / "metrics.json" if p.is_dir() else p
+        if not mpath.is_file():
+            raise UserError(f"{ref}: no metrics.json (expected a run folder of edgeq quantize)")
+        m = json.loads(mpath.read_text())
+        acc = m["accuracy"]
+        q = acc.get("quantized_onnx", acc.get("simulation", {}))
+        lat = m.get("latency", {})
+        rows.append(
+            {
+                "run": str(p),
+                "mode": m.get("mode"),
+                "fp32_top1": acc["fp32_onnx"].get("top1"),
+                "top1": q.get("top1"),
+                "agreement": q.get("agreement"),
+                "size_ratio": (m["bytes"].get("quantized_onnx") or m["bytes"]["artifact"])
+                / m["bytes"]["fp32_onnx"],
+                **{f"latency_ratio_b{k}": v["ratio"] for k, v in lat.items()},
+                "quantize_s": m["seconds"]["quantize"],
+            }
+        )
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    widths = {k: max(len(k), *(len(_cell(r.get(k))) for r in rows)) for k in keys}
+    lines = ["  ".join(f"{k:<{widths[k]}}" for k in keys)]
+    for r in rows:
+        lines.append("  ".join(f"{_cell(r.get(k)):<{widths[k]}}" for k in keys))
+    out.result("\n".join(lines), rows)
+    return 0
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return "n/a" if v is None else str(v)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeq",
+        description="Compress PyTorch models for edge deployment, measured in the runtime.",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress or log lines")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="quantize the real pretrained MobileNetV2 (offline)")
-    p_demo.add_argument("--worst", type=int, default=8, help="layers to list (default 8)")
-    args = parser.parse_args(argv)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="recipe YAML (flags override it)")
+        p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+
+    q = sub.add_parser("quantize", help="quantize a model; write a run folder and a report")
+    q.add_argument("model", help="torchvision:NAME | package.module:factory")
+    q.add_argument(
+        "--calib", required=True, help="image folder (class subfolders or images/ + labels.csv)"
+    )
+    q.add_argument("--eval", help="labeled image folder for accuracy")
+    q.add_argument("--weights", help="weights file (.pth/.pt with weights_only, .safetensors)")
+    q.add_argument("--out", help="run folder (default: the next runs/NNN)")
+    q.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    q.add_argument("--dry-run", action="store_true", help="print the resolved recipe and stop")
+    q.add_argument("--calib-images", type=int, help="calibration images (default 256)")
+    q.add_argument("--mode", help="static | weight_only")
+    q.add_argument("--target", help="portable | vnni")
+    common(q)
+
+    d = sub.add_parser("demo", help="quantize the real pretrained MobileNetV2, offline")
+    d.add_argument("--calib", help="image folder (default: scikit-image's sample photos)")
+    d.add_argument("--eval", help="labeled image folder for accuracy")
+    d.add_argument("--out", help="run folder (default: the next runs/NNN)")
+    d.add_argument("--force", action="store_true")
+    d.add_argument("--dry-run", action="store_true")
+    d.add_argument("--calib-images", type=int)
+    common(d)
+
+    e = sub.add_parser("eval", help="accuracy and fidelity of a model on labeled images")
+    e.add_argument("model", help="ONNX file, run/artifact folder, or a model reference")
+    e.add_argument("--data", required=True)
+    e.add_argument("--weights")
+    e.add_argument("--ref", help="reference model for agreement, SQNR and KL")
+    e.add_argument("--ref-weights")
+    common(e)
+
+    b = sub.add_parser("bench", help="ONNX Runtime latency, throughput and peak memory")
+    b.add_argument("onnx")
+    b.add_argument("--batch", type=int, nargs="+")
+    b.add_argument("--threads", type=int)
+    b.add_argument("--rounds", type=int)
+    common(b)
+
+    c = sub.add_parser("compare", help="side-by-side table of runs")
+    c.add_argument("runs", nargs="+", help="run folders (or their metrics.json)")
+    common(c)
+    return parser
+
+
+COMMANDS = {
+    "quantize": cmd_quantize,
+    "demo": cmd_demo,
+    "eval": cmd_eval,
+    "bench": cmd_bench,
+    "compare": cmd_compare,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out = _Out(getattr(args, "quiet", False), getattr(args, "json", False))
     try:
-        if args.command == "demo":
-            return demo(worst=args.worst)
-    except PretrainedWeightsMissing as e:
-        print(f"edgeq: {e}", file=sys.stderr)
+        return COMMANDS[args.command](args, out)
+    except _user_errors() as e:
+        print(f"edgeq {args.command}: error: {e}", file=sys.stderr)
         return 1
-    return 2
+    except KeyboardInterrupt:
+        print(f"edgeq {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"edgeq {args.command}: internal error (a bug in edgeq; please report it with "
+            "the traceback above)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ def _session(node: helper.NodeProto, inputs: dict[str, np.ndarray], inits: dict)
     graph = helper.make_graph(
         [node],
         "k",
-        [helper.make_tensor_value_info(k, TensorProto.UINT8, list(v.shape)) for k, v in inputs.items()],
+        [
+            helper.make_tensor_value_info(k, TensorProto.UINT8, list(v.shape))
+            for k, v in inputs.items()
+        ],
         [helper.make_tensor_value_info(node.output[0], TensorProto.UINT8, None)],
         initializer=[numpy_helper.from_array(np.array(v, dt), k) for k, (v, dt) in inits.items()],
     )

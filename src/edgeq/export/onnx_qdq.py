@@ -20,6 +20,8 @@ from torch import fx, nn
 
 from edgeq.graph.insert import _relu_kind, node_kind
 from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
+from edgeq.ptq.config import Mode
+from edgeq.ptq.static import QuantizedModel
 
 OPSET = 17
 
@@ -123,7 +125,7 @@ class _Emitter:
     def layer(self, node: fx.Node, x: str) -> str:
         m = self.modules[node.target]
         name = node.name
-        if self.quantized:
+        if self.quantized and isinstance(m, QuantConv2d | QuantLinear):
             w_levels = m.weight_levels().numpy().astype(np.int8)
             axis_scale = self.init(f"{name}_w_scale", m.weight_scale.numpy().astype(np.float32))
             w_zp = self.init(f"{name}_w_zp", np.zeros(w_levels.shape[0], np.int8))
@@ -226,27 +228,43 @@ def build_onnx(
 
 
 def export_onnx(
-    gm: fx.GraphModule,
+    model: fx.GraphModule | QuantizedModel,
     path: str | Path,
     example_input: torch.Tensor,
     *,
     quantized: bool = True,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``gm`` as ONNX (QDQ when ``quantized``), atomically.
+    """Write a quantized model (or a captured GraphModule) as ONNX, atomically.
+
+    ``quantized=False`` writes the float graph without Q/DQ (with a `QuantizedModel`,
+    its ``float_module``: the FP32 baseline with BatchNorm folded).
 
     Raises:
-        ExportError: a node has no ONNX translation.
+        ExportError: a node has no ONNX translation, or the model is weight-only
+            (its ONNX export is not built yet: use `edgeq.save`).
     """
-    model = build_onnx(gm, example_input, quantized=quantized)
+    if isinstance(model, QuantizedModel):
+        if model.config.mode is not Mode.STATIC and quantized:
+            raise ExportError(
+                f"ONNX export of mode={model.config.mode.value!r} models is not built yet; "
+                "save them with edgeq.save (packed artifact)"
+            )
+        gm = model.module if quantized else model.float_module
+        if gm is None:
+            raise ExportError("this model was loaded from an artifact: it has no float graph")
+    else:
+        gm = model
+    onnx_model = build_onnx(gm, example_input, quantized=quantized)
     for k, v in (metadata or {}).items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+        onnx_model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        onnx.save(model, tmp)
+        onnx.save(onnx_model, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

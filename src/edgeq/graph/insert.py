@@ -16,7 +16,9 @@ Rules (ONNX Runtime's QDQ selectors turn DQ -> op -> Q into integer kernels):
 
 from __future__ import annotations
 
+import dataclasses
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -129,11 +131,17 @@ def _to_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, args: tuple
 def prepare(
     gm: fx.GraphModule,
     weight_spec: QuantSpec,
-    activation_spec: QuantSpec,
+    activation_spec: QuantSpec | None,
     *,
     limit_pairs: bool,
+    overrides: Callable[[str], object] | None = None,
 ) -> tuple[fx.GraphModule, PlacementReport]:
-    """Rewrite ``gm`` in place for calibration (BatchNorm must be folded first)."""
+    """Rewrite ``gm`` in place for calibration (BatchNorm must be folded first).
+
+    ``activation_spec=None``: weight-only; layers are swapped, nothing else changes.
+    ``overrides(name)`` returns a `LayerOverride` (or None) for a layer: other weight
+    bits, or left in float.
+    """
     report = PlacementReport()
     modules = dict(gm.named_modules())
     graph = gm.graph
@@ -157,22 +165,33 @@ def prepare(
     for node in list(graph.nodes):
         if node.op != "call_module" or type(modules[node.target]) not in QUANT_MODULES:
             continue
+        override = overrides(str(node.target)) if overrides else None
+        if override is not None and getattr(override, "float", False):
+            report.float_ops.append(f"{node.target} (kept in float by an override)")
+            continue
         activation = None
         users = list(node.users)
         if len(users) == 1 and _relu_kind(users[0], modules):
             activation = _relu_kind(users[0], modules)
             users[0].replace_all_uses_with(node)
             graph.erase_node(users[0])
+        spec = weight_spec
+        if override is not None and getattr(override, "bits", None) is not None:
+            spec = dataclasses.replace(weight_spec, bits=override.bits)  # type: ignore[attr-defined]
         float_mod = modules[node.target]
         qcls = QUANT_MODULES[type(float_mod)]
         qmod = qcls(
-            float_mod, weight_spec, activation=activation, limit_pairs=limit_pairs, name=node.target
+            float_mod, spec, activation=activation, limit_pairs=limit_pairs, name=node.target
         )
         gm.set_submodule(node.target, qmod) if hasattr(gm, "set_submodule") else setattr(
             gm, node.target, qmod
         )
         report.quantized_layers.append(str(node.target))
     modules = dict(gm.named_modules())
+    if activation_spec is None:
+        graph.lint()
+        gm.recompile()
+        return gm, report
 
     # 1b. residual adds of two tensors and global average pooling become integer ops
     for node in list(graph.nodes):
@@ -193,7 +212,7 @@ def prepare(
             continue
         if all(u.op == "output" for u in node.users):
             continue  # final output stays float
-        nonneg = kind == "layer" and modules[node.target].activation is not None
+        nonneg = kind == "layer" and getattr(modules[node.target], "activation", None) is not None
         add_quantizer(node, nonnegative=bool(nonneg))
     modules = dict(gm.named_modules())
 

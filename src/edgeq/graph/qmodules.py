@@ -12,6 +12,7 @@ New layer types register with `register_quant_module` (one registry keyed by typ
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeq.quant import (
+    Granularity,
     QuantSpec,
     RangeObserver,
     choose_qparams,
@@ -71,10 +73,32 @@ class ActivationQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
             return self.observer(x)
-        return fake_quantize(x, self.scale, self.zero_point, self.spec)
+        if x.requires_grad:  # training: straight-through gradients
+            return fake_quantize(x, self.scale, self.zero_point, self.spec)
+        # evaluation: QuantizeLinear -> DequantizeLinear, bit-exact, in four passes
+        # (NaN stays NaN; calibration already rejected non-finite activations)
+        z = self.zero_point.to(torch.float32)
+        q = torch.clamp(torch.round(x / self.scale) + z, self.spec.qmin, self.spec.qmax)
+        return (q - z) * self.scale
 
     def extra_repr(self) -> str:
         return f"name={self.name}, bits={self.spec.bits}, signed={self.spec.signed}"
+
+
+def layer_weight_spec(spec: QuantSpec, shape: tuple[int, ...]) -> QuantSpec:
+    """The spec a layer's weight gets: per-group specs group the input channels (axis
+    1) of linear and 1x1 conv weights; spatial kernels and layers with fewer input
+    channels than a group fall back to per output channel (a group must be a run of
+    input channels for ONNX's blocked DequantizeLinear)."""
+    if spec.granularity is not Granularity.PER_GROUP:
+        return spec
+    assert spec.group_size is not None
+    spatial = len(shape) == 4 and shape[2] * shape[3] > 1
+    if spatial or shape[1] < spec.group_size:
+        return dataclasses.replace(
+            spec, granularity=Granularity.PER_CHANNEL, group_size=None, axis=0
+        )
+    return dataclasses.replace(spec, axis=1)
 
 
 class _WeightQuantMixin(nn.Module):
@@ -101,7 +125,7 @@ class _WeightQuantMixin(nn.Module):
         self.weight = nn.Parameter(layer.weight.detach().clone())
         self.bias = nn.Parameter(layer.bias.detach().clone()) if layer.bias is not None else None
         out_channels = self.weight.shape[0]
-        self.weight_spec = weight_spec
+        self.weight_spec = layer_weight_spec(weight_spec, tuple(self.weight.shape))
         self.activation = activation
         self.limit_pairs = limit_pairs_
         self.register_buffer("weight_scale", torch.ones(out_channels))
@@ -111,43 +135,86 @@ class _WeightQuantMixin(nn.Module):
         # the output quantizer's parameters, when the next op is one (integer output)
         self.register_buffer("output_scale", torch.ones(()))
         self.register_buffer("output_zero_point", torch.zeros((), dtype=torch.int32))
+        self.input_spec: QuantSpec | None = None
         self.output_spec: QuantSpec | None = None
         self.quantized = False
         # True: compute what the integer kernels compute (evaluation, export checks);
         # False: float fake-quant with straight-through gradients (fine-tuning).
         self.integer_exact = True
 
-    def freeze_weight(
+    @property
+    def weight_only(self) -> bool:
+        """Quantized without an input quantizer: float activations, dequantized weights."""
+        return self.quantized and self.input_spec is None
+
+    def attach_io(
         self, input_quant: ActivationQuantizer, output_quant: ActivationQuantizer | None
     ) -> None:
-        input_scale = input_quant.scale
+        """Copy the (frozen) input and output quantizers' parameters into this layer."""
+        self.input_scale.copy_(input_quant.scale)
         self.input_zero_point.copy_(input_quant.zero_point)
         self.input_spec = input_quant.spec
         if output_quant is not None:
             self.output_scale.copy_(output_quant.scale)
             self.output_zero_point.copy_(output_quant.zero_point)
             self.output_spec = output_quant.spec
+
+    def freeze_weight(
+        self, input_quant: ActivationQuantizer | None, output_quant: ActivationQuantizer | None
+    ) -> None:
+        """Attach the activation qparams (none: weight-only) and choose the weight's
+        scales."""
+        if input_quant is not None:
+            self.attach_io(input_quant, output_quant)
         lo, hi = estimate_range(self.weight.detach(), self.weight_spec, name=self.layer_name)
         scale, zp = choose_qparams(lo, hi, self.weight_spec)
         if self.limit_pairs:
             spec = self.weight_spec
             scale = pair_safe_scale(self.weight.detach(), scale, spec.qmin, spec.qmax)
-        self.weight_scale.copy_(scale)
-        self.weight_zero_point.copy_(zp)
-        self.input_scale.copy_(input_scale)
+        # per-group scales have the weight's shape with one axis shortened
+        self.weight_scale = scale.to(torch.float32).clone()
+        self.weight_zero_point = zp.to(torch.int32).clone()
         self.quantized = True
+
+    def set_levels(self, weight_q: torch.Tensor, bias_q: torch.Tensor | None) -> None:
+        """Restore stored integer levels (`edgeq.load`): the float weight and bias become
+        their dequantized values and the levels are used as they are, bit for bit."""
+        with torch.no_grad():
+            self.weight.copy_(
+                dequantize(weight_q, self.weight_scale, self.weight_zero_point, self.weight_spec)
+            )
+            if bias_q is not None:
+                assert self.bias is not None
+                s = (self.input_scale * self.weight_scale).double()
+                self.bias.copy_((bias_q.double() * s).float())
+        self.__dict__["_levels_cache"] = (self._weight_key(), weight_q.to(torch.int32))
+        if bias_q is not None:
+            self.__dict__["_bias_cache"] = (self._bias_key(), bias_q.to(torch.int32))
+        self.quantized = True
+
+    def _weight_key(self) -> tuple[int, ...]:
+        return (
+            self.weight._version,
+            self.weight.data_ptr(),
+            self.weight_scale._version,
+            self.weight_zero_point._version,
+        )
+
+    def _bias_key(self) -> tuple[int, ...]:
+        assert self.bias is not None
+        return (
+            self.bias._version,
+            self.bias.data_ptr(),
+            self.input_scale._version,
+            self.weight_scale._version,
+        )
 
     def weight_levels(self) -> torch.Tensor:
         """int32 weight levels as exported (pair-limited where the target needs it).
 
         Cached while the weight, its scale and zero point are unchanged (the tensors'
         version counters say so), so evaluation does not redo the pair search."""
-        key = (
-            self.weight._version,
-            self.weight.data_ptr(),
-            self.weight_scale._version,
-            self.weight_zero_point._version,
-        )
+        key = self._weight_key()
         cached = self.__dict__.get("_levels_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -160,13 +227,18 @@ class _WeightQuantMixin(nn.Module):
         return q
 
     def bias_levels(self) -> torch.Tensor | None:
-        """int32 bias with scale ``input_scale * weight_scale`` (the runtime's format)."""
-        if self.bias is None:
+        """int32 bias with scale ``input_scale * weight_scale`` (the runtime's format);
+        None without a bias or when weight-only (the bias stays float)."""
+        if self.bias is None or self.weight_only:
             return None
+        key = self._bias_key()
+        cached = self.__dict__.get("_bias_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         s = (self.input_scale * self.weight_scale).double()
-        return (
-            torch.round(self.bias.detach().double() / s).clamp(-(2**31), 2**31 - 1).to(torch.int32)
-        )
+        q = torch.round(self.bias.detach().double() / s).clamp(-(2**31), 2**31 - 1).to(torch.int32)
+        self.__dict__["_bias_cache"] = (key, q)
+        return q
 
     def sim_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.quantized:
@@ -175,7 +247,7 @@ class _WeightQuantMixin(nn.Module):
             self.weight_levels(), self.weight_scale, self.weight_zero_point, self.weight_spec
         )
         b_levels = self.bias_levels()
-        b = None
+        b = self.bias if self.weight_only else None
         if b_levels is not None:
             b = (b_levels.double() * (self.input_scale * self.weight_scale).double()).float()
         return w, b
@@ -192,23 +264,61 @@ class _WeightQuantMixin(nn.Module):
         ends at or below 6). Without an output quantizer the result is
         ``float32(acc) * float32(s_x * s_w)`` (QGemm with float output).
         """
-        zx = self.input_zero_point.to(torch.float64)
-        xq = torch.round(x.to(torch.float32) / self.input_scale).double() + zx
-        acc = op(xq - zx, self.weight_levels().double())
+        # centred input levels x_q - z_x: round(x / s_x) is exact for a dequantized input
+        a = torch.round(x.to(torch.float32) / self.input_scale)
+        acc = self._accumulate(a, self.weight_levels(), op)
         b = self.bias_levels()
         view = [1, -1] + [1] * (acc.ndim - 2)
-        if b is not None:
-            acc = acc + b.double().reshape(view)
-        acc32 = acc.to(torch.float32)
+        if b is None:
+            acc32 = acc.to(torch.float32)
+        elif acc.dtype == torch.float32 and int(b.abs().max()) < 2**24:
+            # both terms are exact float32 integers; IEEE addition rounds their sum
+            # once, exactly as the kernel's int32 -> float32 conversion does
+            acc32 = acc + b.to(torch.float32).reshape(view)
+        else:
+            acc32 = (acc.double() + b.double().reshape(view)).to(torch.float32)
         sw = self.weight_scale.reshape(view)
         if self.output_spec is None:
             return self._activate(acc32 * (self.input_scale * sw))
         multiplier = (self.input_scale * sw) / self.output_scale
         zy = self.output_zero_point
         q = requantize_accumulator(
-            acc, multiplier, zy, self.output_spec.qmin, self.output_spec.qmax
+            acc32, multiplier, zy, self.output_spec.qmin, self.output_spec.qmax
         )
         return (q - zy.to(torch.float32)) * self.output_scale
+
+    def _accumulate(
+        self,
+        a: torch.Tensor,
+        w: torch.Tensor,
+        op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """Exact integer ``op(a, w)``: float32 when one float32 pass is exact, else
+        float64.
+
+        A float32 sum of integer products is exact, in any order, while the sum of their
+        magnitudes stays below 2**24: then every partial sum is an integer float32
+        holds. The reduction is split into chunks of input channels that keep under
+        that bound (float32 convolutions are several times faster than float64); the
+        chunk results are added in float64.
+        """
+        assert self.input_spec is not None
+        a_max = self.input_spec.qmax - self.input_spec.qmin
+        w_max = max(abs(self.weight_spec.qmin), abs(self.weight_spec.qmax))
+        terms = (2**24) // (a_max * w_max)
+        per_out = w[0].numel()
+        if per_out <= terms:
+            return op(a, w.to(torch.float32))
+        spatial = w[0, 0].numel()
+        step = terms // spatial
+        if getattr(self, "groups", 1) != 1 or step < 1:
+            return op(a.double(), w.double())
+        acc = None
+        for c in range(0, w.shape[1], step):
+            part = op(a[:, c : c + step], w[:, c : c + step].to(torch.float32)).double()
+            acc = part if acc is None else acc + part
+        assert acc is not None
+        return acc
 
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
         if self.activation == "relu":
@@ -243,7 +353,7 @@ class QuantConv2d(_WeightQuantMixin):
         self._init_quant(conv, weight_spec, activation, limit_pairs, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantized and self.integer_exact:
+        if self.quantized and self.integer_exact and not self.weight_only:
             return self.integer_forward(
                 x,
                 lambda a, w: F.conv2d(
@@ -270,7 +380,7 @@ class QuantLinear(_WeightQuantMixin):
         self._init_quant(linear, weight_spec, activation, limit_pairs, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantized and self.integer_exact:
+        if self.quantized and self.integer_exact and not self.weight_only:
             return self.integer_forward(x, lambda a, w: F.linear(a, w))
         w, b = self.sim_weight_bias()
         return self._activate(F.linear(x, w, b))

@@ -13,21 +13,28 @@ from torch import fx, nn
 from edgeq.graph.capture import capture
 from edgeq.graph.fold_bn import fold_batchnorm
 from edgeq.graph.insert import PlacementReport, feeding_quantizer, prepare
-from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear, IntegerOp
-from edgeq.ptq.config import PTQConfig, Target
+from edgeq.graph.qmodules import ActivationQuantizer, IntegerOp, QuantConv2d, QuantLinear
+from edgeq.ptq.bias_correction import correct_biases
+from edgeq.ptq.config import Mode, PTQConfig, Target
 from edgeq.quant import QuantInputError
 
 
 @dataclass
 class QuantizedModel:
     """The result: ``module`` simulates the integer model; ``float_module`` is the same
-    graph (BatchNorm folded) in float, for the FP32 baseline export."""
+    graph (BatchNorm folded) in float, for the FP32 baseline export (None when loaded
+    from a packed artifact); ``source`` records how to rebuild the architecture
+    (``model.edgeq_source``, set by `edgeq.load_model`), needed by `edgeq.save`."""
 
     module: fx.GraphModule
-    float_module: fx.GraphModule
+    float_module: fx.GraphModule | None
     config: PTQConfig
     placement: PlacementReport
     seconds: float
+    source: dict | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
 
 
 def _batches(data: Iterable) -> Iterable[torch.Tensor]:
@@ -52,7 +59,8 @@ def quantize(
 
     Args:
         model: a float ``nn.Module`` (traceable with torch.fx).
-        calib_data: an iterable of input batches (tensors or ``(x, label)`` tuples).
+        calib_data: an iterable of input batches (tensors or ``(x, label)`` tuples);
+            unused (may be empty) with ``config.mode == "weight_only"``.
         config: `PTQConfig`; defaults are chosen to minimize accuracy loss.
         progress: show a progress bar.
 
@@ -67,27 +75,38 @@ def quantize(
     """
     config = config or PTQConfig()
     t0 = time.perf_counter()
+    source = getattr(model, "edgeq_source", None)
     float_gm = fold_batchnorm(capture(model))
     gm = copy.deepcopy(float_gm)
+    static = config.mode is Mode.STATIC
     gm, report = prepare(
-        gm, config.weight, config.activation, limit_pairs=config.target is Target.PORTABLE
+        gm,
+        config.weight,
+        config.activation if static else None,
+        limit_pairs=static and config.target is Target.PORTABLE,
+        overrides=config.override_for,
     )
     gm.eval()
+    if not static:  # weight-only: no activation ranges to calibrate
+        freeze(gm)
+        return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0, source)
     batches = _batches(calib_data)
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="calibrating", unit="batch")
-    seen = 0
+        batches = tqdm(batches, desc="calibrating", unit="batch", disable=None)
+    seen: list[torch.Tensor] = []
     for x in batches:
         gm(x)
-        seen += 1
-        if config.max_calibration_batches and seen >= config.max_calibration_batches:
+        seen.append(x)
+        if config.max_calibration_batches and len(seen) >= config.max_calibration_batches:
             break
-    if seen == 0:
+    if not seen:
         raise QuantInputError("calibration data is empty: no batch was produced")
     freeze(gm)
-    return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0)
+    if config.bias_correction:
+        correct_biases(gm, seen)
+    return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0, source)
 
 
 def freeze(gm: fx.GraphModule) -> None:
@@ -101,7 +120,10 @@ def freeze(gm: fx.GraphModule) -> None:
             continue
         m = modules[node.target]
         if isinstance(m, QuantConv2d | QuantLinear):
-            m.freeze_weight(input_quantizer(node, modules), output_quantizer(node, modules))
+            src = feeding_quantizer(node.args[0], modules)
+            if src is None and any(isinstance(q, ActivationQuantizer) for q in modules.values()):
+                raise RuntimeError(f"{node.target}: no activation quantizer feeds this layer")
+            m.freeze_weight(src, output_quantizer(node, modules))
         elif isinstance(m, IntegerOp):
             inputs = [feeding_quantizer(a, modules) for a in node.args]
             m.freeze_io(inputs, output_quantizer(node, modules))

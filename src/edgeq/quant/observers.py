@@ -77,8 +77,6 @@ class RangeObserver(nn.Module):
         return self.hist.shape[0] > 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(torch.isfinite(x).all()):
-            check_float_tensor(x, self.name)  # raises naming the layer and counts
         rows = to_rows(x.detach().to(torch.float32), self.spec)
         if rows.shape[0] != self.min_val.shape[0]:
             raise QuantInputError(
@@ -88,6 +86,9 @@ class RangeObserver(nn.Module):
         if rows.shape[1] == 0:
             return x
         lo, hi = rows.amin(dim=1), rows.amax(dim=1)
+        # NaN and +-Inf reach the row extremes: checking them is enough (and cheap)
+        if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            check_float_tensor(x, self.name)  # raises naming the layer and counts
         if self.spec.range_method is RangeMethod.MOVING_AVERAGE and int(self.batches) > 0:
             m = self.spec.momentum
             self.min_val.mul_(1 - m).add_(m * lo)

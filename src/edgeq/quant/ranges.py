@@ -144,9 +144,9 @@ def histogram_rows(rows: torch.Tensor, bound: torch.Tensor, n_bins: int) -> torc
     width = (2.0 * bound / n_bins).clamp(min=torch.finfo(torch.float32).tiny)
     idx = torch.floor((rows + bound[:, None]) / width[:, None]).to(torch.int64)
     idx = idx.clamp(0, n_bins - 1)
-    hist = torch.zeros(rows.shape[0], n_bins, dtype=torch.float64)
-    hist.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
-    return hist
+    idx += torch.arange(rows.shape[0], dtype=torch.int64)[:, None] * n_bins
+    counts = torch.bincount(idx.flatten(), minlength=rows.shape[0] * n_bins)
+    return counts.reshape(rows.shape[0], n_bins).to(torch.float64)
 
 
 def bin_centers(bound: torch.Tensor, n_bins: int) -> torch.Tensor:

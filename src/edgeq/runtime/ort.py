@@ -37,3 +37,66 @@ def measure_latency(
             s.run(None, {name[k]: x})
             times[k].append(time.perf_counter() - t)
     return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def _peak_rss_bytes() -> int | None:
+    """Peak resident memory of this process (Linux VmHWM), or None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def bench(
+    path: str | Path,
+    *,
+    batch: int = 1,
+    threads: int = 2,
+    rounds: int = 50,
+    warmup: int = 5,
+    progress: bool = False,
+) -> dict[str, float | int | None]:
+    """Latency percentiles (ms), throughput (inputs/s) and peak memory of one ONNX model.
+
+    Peak memory is the process's peak resident set size while the session is created
+    and run (Linux only; None elsewhere), so it includes the Python process itself.
+    """
+    reset = _reset_peak_rss()
+    sess = ort_session(path, threads=threads)
+    inp = sess.get_inputs()[0]
+    shape = [batch] + [d if isinstance(d, int) else 1 for d in inp.shape[1:]]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    for _ in range(warmup):
+        sess.run(None, {inp.name: x})
+    times = []
+    it = range(rounds)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"bench b{batch}", unit="run", disable=None)
+    for _ in it:
+        t = time.perf_counter()
+        sess.run(None, {inp.name: x})
+        times.append(time.perf_counter() - t)
+    ms = np.array(times) * 1000
+    return {
+        "batch": batch,
+        "threads": threads,
+        "rounds": rounds,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "throughput_per_s": float(batch * 1000 / np.median(ms)),
+        "peak_rss_bytes": _peak_rss_bytes() if reset else None,
+    }

@@ -1,0 +1,1 @@
+"""Jobs the command runs end to end (one module per job)."""

@@ -1,0 +1,216 @@
+"""The quantize job: model + images in, a run folder of artifacts and a report out.
+
+    fp32.onnx, quantized.onnx   (provenance in the ONNX metadata)
+    model/                      packed artifact: edgeq.load(run_folder) restores it
+    recipe.yaml                 the fully resolved recipe
+    metrics.json                accuracy, fidelity, bytes, latency, time, machine
+    per_layer.csv               per-layer weight and activation SQNR
+    report.md, report.html      with plots/*.png
+
+Every file is written atomically; metrics.json and the reports are written last.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import edgeq
+from edgeq.data import load_labeled_images
+from edgeq.evaluate.classification import as_predictor, predict, score
+from edgeq.evaluate.per_layer import per_layer_errors
+from edgeq.ptq.config import Mode
+from edgeq.recipe import dump, to_config
+from edgeq.report.build import build_report
+from edgeq.runs import write_text_atomic
+from edgeq.runtime import measure_latency, ort_session
+
+
+@dataclass
+class QuantizeJob:
+    model: str
+    out: Path
+    recipe: dict[str, Any]
+    weights: Path | None = None
+    calib: Path | None = None  # None: scikit-image's sample photographs
+    eval: Path | None = None
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+
+def _batches(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return [x[i : i + size] for i in range(0, len(x), size)]
+
+
+def _calibration_images(job: QuantizeJob) -> tuple[torch.Tensor, str]:
+    n = job.recipe["calibration"]["images"]
+    if job.calib is None:
+        from edgeq.data.samples import sample_photo_batch
+
+        x = sample_photo_batch()[:n]
+        return x, f"{len(x)} crops of scikit-image's sample photographs"
+    images = load_labeled_images(job.calib)
+    idx = range(min(n, len(images)))
+    x, _ = images.tensors(idx)
+    return x, f"first {len(x)} images of {job.calib} (sorted by file name)"
+
+
+def run_quantize(job: QuantizeJob) -> dict[str, Any]:
+    """Run the whole job; returns the metrics written to ``metrics.json``."""
+    t_start = time.perf_counter()
+    recipe = job.recipe
+    out = job.out
+    config = to_config(recipe)
+    write_text_atomic(out / "recipe.yaml", dump(recipe))
+    job.log(f"loading {job.model}" + (f" with weights {job.weights}" if job.weights else ""))
+    model = edgeq.load_model(job.model, job.weights)
+    calib_x, calib_desc = _calibration_images(job)
+    job.log(f"calibrating on {calib_desc}")
+    bs = recipe["calibration"]["batch_size"]
+    qm = edgeq.quantize(model, _batches(calib_x, bs), config, progress=job.progress)
+    job.log(f"quantized in {qm.seconds:.1f} s; {len(qm.placement.quantized_layers)} layers")
+    if qm.placement.float_ops:
+        job.log(f"kept in float: {', '.join(qm.placement.float_ops)}")
+
+    example = calib_x[:1]
+    provenance = {
+        "edgeq_version": edgeq.__version__,
+        "source_model": job.model,
+        "weights": str(job.weights) if job.weights else "random initialization",
+        "calibration": calib_desc,
+        "recipe": json.dumps(recipe, sort_keys=True),
+    }
+    static = config.mode is Mode.STATIC
+    fp32_path = edgeq.export_onnx(
+        qm, out / "fp32.onnx", example, quantized=False, metadata=provenance
+    )
+    q_path = None
+    if static:
+        q_path = edgeq.export_onnx(qm, out / "quantized.onnx", example, metadata=provenance)
+    edgeq.save(qm, out / "model")
+
+    # evaluation data: labeled images, or the calibration crops (fidelity only)
+    eval_bs = recipe["evaluation"]["batch_size"]
+    if job.eval is not None:
+        images = load_labeled_images(job.eval)
+        n = recipe["evaluation"]["images"] or len(images)
+        ex, ey = images.tensors(range(min(n, len(images))))
+        labels: np.ndarray | None = ey.numpy()
+        eval_desc = f"{len(ex)} images of {job.eval}"
+    else:
+        ex, labels, eval_desc = calib_x, None, f"the {len(calib_x)} calibration inputs (no labels)"
+    job.log(f"evaluating on {eval_desc}")
+    batches = _batches(ex, eval_bs)
+    fp = predict(
+        as_predictor(fp32_path), batches, progress="FP32 (ONNX Runtime)" if job.progress else None
+    )
+    sim = predict(
+        as_predictor(qm), batches, progress="simulation (PyTorch)" if job.progress else None
+    )
+    dummy = labels if labels is not None else fp.argmax(1)
+    keep = (
+        (lambda d: d)
+        if labels is not None
+        else (lambda d: {k: v for k, v in d.items() if k not in ("top1", "top5")})
+    )
+    accuracy = {"fp32_onnx": keep(score(fp, dummy))}
+    accuracy["simulation"] = keep(score(sim, dummy, fp))
+    export_check = None
+    if q_path is not None:
+        oq = predict(
+            as_predictor(q_path),
+            batches,
+            progress="quantized (ONNX Runtime)" if job.progress else None,
+        )
+        accuracy["quantized_onnx"] = keep(score(oq, dummy, fp))
+        agree = float((oq.argmax(1) == sim.argmax(1)).mean())
+        export_check = {
+            "top1_agreement": agree,
+            "max_abs_logit_difference": float(np.abs(oq - sim).max()),
+            "sqnr_db": score(oq, dummy, sim)["sqnr_db"],
+            "pass": agree >= 0.995,
+        }
+
+    bytes_ = {
+        "fp32_onnx": fp32_path.stat().st_size,
+        "artifact": sum(p.stat().st_size for p in (out / "model").iterdir()),
+    }
+    latency = {}
+    if q_path is not None:
+        bench = recipe["bench"]
+        sessions = {
+            "fp32": ort_session(fp32_path, threads=bench["threads"]),
+            "quantized": ort_session(q_path, threads=bench["threads"]),
+        }
+        bytes_["quantized_onnx"] = q_path.stat().st_size
+        for b in bench["batch"]:
+            job.log(f"measuring latency at batch {b}")
+            x = calib_x[:1].expand(b, *calib_x.shape[1:]).contiguous().numpy()
+            t = measure_latency(sessions, x, rounds=bench["rounds"])
+            latency[str(b)] = {
+                "fp32_ms": 1000 * t["fp32"],
+                "quantized_ms": 1000 * t["quantized"],
+                "ratio": t["quantized"] / t["fp32"],
+            }
+    errors = per_layer_errors(qm.module, qm.float_module, calib_x[: min(8, len(calib_x))])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["layer", "kind", "weight_bits", "weight_sqnr_db", "activation_sqnr_db"])
+    for e in errors:
+        w.writerow(
+            [
+                e.name,
+                e.kind,
+                e.weight_bits,
+                f"{e.weight_sqnr_db:.2f}",
+                "" if e.activation_sqnr_db is None else f"{e.activation_sqnr_db:.2f}",
+            ]
+        )
+    write_text_atomic(out / "per_layer.csv", buf.getvalue())
+
+    bits: dict[str, int] = {}
+    for e in errors:
+        bits[str(e.weight_bits)] = bits.get(str(e.weight_bits), 0) + 1
+    metrics = {
+        "model": job.model,
+        "weights": provenance["weights"],
+        "calibration": calib_desc,
+        "evaluation": eval_desc,
+        "mode": config.mode.value,
+        "accuracy": accuracy,
+        "export_check": export_check,
+        "bytes": bytes_,
+        "latency": latency,
+        "coverage": {
+            "layers": len(qm.placement.quantized_layers)
+            + sum(1 for f in qm.placement.float_ops if "override" in f),
+            "quantized_layers": len(errors),
+            "weight_bits": bits,
+            "float_ops": qm.placement.float_ops,
+        },
+        "seconds": {"quantize": qm.seconds, "total": time.perf_counter() - t_start},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+        "versions": {
+            "edgeq": edgeq.__version__,
+            "torch": torch.__version__,
+            "onnxruntime": __import__("onnxruntime").__version__,
+            "onnx": __import__("onnx").__version__,
+        },
+    }
+    build_report(out, metrics, errors)
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+    return metrics

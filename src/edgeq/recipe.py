@@ -1,0 +1,171 @@
+"""Recipes: YAML that says everything the command-line flags say, and more.
+
+    mode: static                # static | weight_only
+    target: portable            # portable (every x86 CPU) | vnni
+    weight: {bits: 8, granularity: per_channel, range_method: mse}
+    activation: {bits: 8, signed: false, symmetric: false, range_method: percentile}
+    calibration: {images: 256, batch_size: 32}
+    evaluation: {images: null, batch_size: 50}
+    bench: {batch: [1, 32], threads: 2, rounds: 20}
+    overrides:                  # first match wins; module names or globs
+      - {match: features.0.*, bits: 8}
+      - {match: classifier.*, float: true}
+
+Flags override the file; the file overrides the defaults. Unknown keys and bad values
+are `RecipeError`s that name the key (``weight.bitz``) and suggest the closest valid
+one. `resolve` returns the full recipe, every default filled in, ready to print or
+write next to the results.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgeq.ptq.config import LayerOverride, PTQConfig
+from edgeq.quant import QuantSpec, SpecError
+
+
+class RecipeError(ValueError):
+    """A recipe key or value is invalid (names the key)."""
+
+
+_WEIGHT_KEYS = {"bits", "granularity", "group_size", "range_method", "percentile", "scheme"}
+_ACT_KEYS = {"bits", "signed", "symmetric", "range_method", "percentile"}
+
+DEFAULTS: dict[str, Any] = {
+    "mode": "static",
+    "target": "portable",
+    "weight": {"bits": 8, "granularity": "per_channel", "range_method": "mse"},
+    "activation": {
+        "bits": 8,
+        "signed": False,
+        "symmetric": False,
+        "range_method": "percentile",
+        "percentile": 99.999,
+    },
+    "calibration": {"images": 256, "batch_size": 32},
+    "evaluation": {"images": None, "batch_size": 50},
+    "bench": {"batch": [1, 32], "threads": 2, "rounds": 20},
+    "overrides": [],
+}
+_SECTIONS = {
+    "weight": _WEIGHT_KEYS,
+    "activation": _ACT_KEYS,
+    "calibration": {"images", "batch_size"},
+    "evaluation": {"images", "batch_size"},
+    "bench": {"batch", "threads", "rounds"},
+}
+_CHOICES = {"mode": ["static", "weight_only"], "target": ["portable", "vnni"]}
+
+
+def _unknown(key: str, allowed: set[str] | list[str], where: str) -> RecipeError:
+    close = difflib.get_close_matches(key, sorted(allowed), n=1)
+    hint = f"; did you mean {where}{close[0]!r}?" if close else ""
+    return RecipeError(f"unknown key {where}{key!r}{hint} (valid: {', '.join(sorted(allowed))})")
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if k not in base:
+            allowed = _SECTIONS.get(where.rstrip("."), set(base))
+            raise _unknown(k, allowed if where else set(base), where)
+        if k in _SECTIONS and not isinstance(v, dict):
+            raise RecipeError(f"{where}{k}: expected a mapping, got {v!r}")
+        if k in _SECTIONS:
+            for sub in v:
+                if sub not in _SECTIONS[k]:
+                    raise _unknown(sub, _SECTIONS[k], f"{k}.")
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe (validated by `resolve`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{p}: recipe file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{p}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise RecipeError(f"{p}: a recipe is a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def resolve(
+    recipe: dict[str, Any] | None = None, flags: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Defaults <- recipe <- flags (dotted keys such as ``calibration.images``), validated.
+
+    Raises:
+        RecipeError: unknown key (with the closest valid one) or bad value.
+    """
+    out = _merge(DEFAULTS, recipe or {})
+    for dotted, value in (flags or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        out = _merge(out, {section: {key: value}} if key else {section: value})
+    for k, choices in _CHOICES.items():
+        if out[k] not in choices:
+            close = difflib.get_close_matches(str(out[k]), choices, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise RecipeError(f"{k}={out[k]!r} is not one of {choices}{hint}")
+    for section, key in (("calibration", "images"), ("calibration", "batch_size")):
+        v = out[section][key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise RecipeError(f"{section}.{key}={v!r} must be a positive integer")
+    if not isinstance(out["overrides"], list):
+        raise RecipeError(f"overrides: expected a list, got {out['overrides']!r}")
+    to_config(out)  # every spec and override is checked here
+    return out
+
+
+def to_config(recipe: dict[str, Any]) -> PTQConfig:
+    """The `PTQConfig` a resolved recipe describes."""
+    w = dict(recipe["weight"])
+    a = dict(recipe["activation"])
+    try:
+        if w.get("granularity") == "per_group":
+            w.setdefault("group_size", 128)
+            weight = QuantSpec(axis=1, symmetric=True, signed=True, **w)
+        else:
+            weight = QuantSpec(axis=0, symmetric=True, signed=True, **w)
+    except (SpecError, TypeError) as e:
+        raise RecipeError(f"weight: {e}") from e
+    try:
+        activation = QuantSpec(**a)
+    except (SpecError, TypeError) as e:
+        raise RecipeError(f"activation: {e}") from e
+    overrides = []
+    for i, o in enumerate(recipe["overrides"]):
+        if not isinstance(o, dict) or "match" not in o:
+            raise RecipeError(f"overrides[{i}]: expected {{match: GLOB, bits: N | float: true}}")
+        for k in o:
+            if k not in ("match", "bits", "float"):
+                raise _unknown(k, {"match", "bits", "float"}, f"overrides[{i}].")
+        try:
+            overrides.append(LayerOverride(**o))
+        except SpecError as e:
+            raise RecipeError(f"overrides[{i}]: {e}") from e
+    return PTQConfig(
+        weight=weight,
+        activation=activation,
+        target=recipe["target"],
+        mode=recipe["mode"],
+        overrides=tuple(overrides),
+        bias_correction=False,
+    )
+
+
+def dump(recipe: dict[str, Any]) -> str:
+    return yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None)

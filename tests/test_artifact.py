@@ -1,0 +1,96 @@
+"""edgeq.save / edgeq.load: packed artifacts restore the simulated model bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import edgeq
+from edgeq.artifact import ArtifactError
+from edgeq.graph import QuantConv2d
+
+
+class SmallNet(nn.Module):
+    """A MobileNetV2-like block with a residual add and global pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU6())
+        self.pw = nn.Sequential(nn.Conv2d(64, 64, 1), nn.BatchNorm2d(64))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.pw(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return SmallNet().eval()
+
+
+def _data() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(8, 3, 12, 12)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [edgeq.PTQConfig(), edgeq.PTQConfig(target="vnni"), edgeq.PTQConfig.weight_only(4, 32)],
+    ids=["w8a8-portable", "w8a8-vnni", "w4-group32"],
+)
+def test_load_restores_the_simulation_bit_for_bit(tmp_path, config):
+    model = edgeq.load_model(f"{__name__}:small_net")
+    x = _data()
+    qm = edgeq.quantize(model, [x], config)
+    folder = edgeq.save(qm, tmp_path / "model")
+    loaded = edgeq.load(folder)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qm(x))
+    for name, m in qm.module.named_modules():
+        if isinstance(m, QuantConv2d):
+            other = loaded.module.get_submodule(name)
+            assert torch.equal(other.weight_levels(), m.weight_levels())
+
+
+def test_int4_weights_are_packed_two_per_byte(tmp_path):
+    qm = edgeq.quantize(
+        edgeq.load_model(f"{__name__}:small_net"), [], edgeq.PTQConfig.weight_only(4, 32)
+    )
+    folder = edgeq.save(qm, tmp_path / "m")
+    from safetensors.torch import load_file
+
+    t = load_file(str(folder / "model.safetensors"))
+    assert t["pw.0.weight_q"].dtype == torch.uint8
+    assert t["pw.0.weight_q"].numel() == 64 * 64 // 2
+
+
+def test_save_without_a_source_explains_what_to_do(tmp_path):
+    qm = edgeq.quantize(SmallNet().eval(), [_data()])
+    with pytest.raises(ArtifactError, match=r"edgeq\.load_model"):
+        edgeq.save(qm, tmp_path / "m")
+
+
+def test_tampered_or_incomplete_artifacts_are_refused(tmp_path):
+    qm = edgeq.quantize(edgeq.load_model(f"{__name__}:small_net"), [_data()])
+    folder = edgeq.save(qm, tmp_path / "m")
+    with (folder / "model.safetensors").open("r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        edgeq.load(folder)
+    (folder / "edgeq.json").unlink()
+    with pytest.raises(ArtifactError, match="interrupted save"):
+        edgeq.load(folder)
+
+
+def test_metadata_records_source_and_config(tmp_path):
+    qm = edgeq.quantize(edgeq.load_model(f"{__name__}:small_net"), [_data()])
+    meta = json.loads((edgeq.save(qm, tmp_path / "m") / "edgeq.json").read_text())
+    assert meta["source"] == {"kind": "factory", "ref": f"{__name__}:small_net"}
+    assert meta["config"]["mode"] == "static"
+    assert meta["layers"]["pw.0"]["bits"] == 8
