@@ -283,3 +283,30 @@ def test_sample_photographs_give_real_calibration_images():
     assert x.shape[1:] == (3, 224, 224)
     assert x.shape[0] >= 100
     assert float(x.std()) > 0.5  # real images, not constants
+
+
+def test_sensitivity_ranks_every_layer_and_suggests_overrides(tmp_path, images, capsys):
+    out = tmp_path / "sens"
+    code = main(
+        [
+            "sensitivity",
+            FACTORY,
+            "--calib",
+            str(images),
+            "--eval",
+            str(images),
+            "--images",
+            "8",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
+    assert code == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {r["layer"] for r in res["layers"]} == {"stem.0", "block.0", "fc"}
+    gains = [r["sqnr_gain_db"] for r in res["layers"]]
+    assert gains == sorted(gains, reverse=True)
+    assert res["suggested_overrides"][0] == {"match": res["layers"][0]["layer"], "float": True}
+    assert (out / "sensitivity.html").is_file()
+    assert (out / "plots" / "sensitivity.png").is_file()

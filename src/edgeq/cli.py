@@ -5,6 +5,7 @@
     edgeq eval MODEL_OR_ONNX --data DATA [--ref MODEL_OR_ONNX] [--weights FILE]
     edgeq bench ONNX [--batch N ...] [--threads N] [--rounds N]
     edgeq compare RUN_OR_MODEL ...
+    edgeq sensitivity MODEL --calib DATA --eval DATA [--images N]
     edgeq demo [--eval DATA] [--out DIR]
 
 Exit codes: 0 success, 1 user error (one line on stderr), 2 internal error.
@@ -200,6 +201,42 @@ def cmd_demo(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+def cmd_sensitivity(args: argparse.Namespace, out: _Out) -> int:
+    from edgeq.jobs.sensitivity import SensitivityJob, run_sensitivity
+    from edgeq.runs import new_run_dir
+
+    recipe = _recipe(args, {"calibration.images": args.calib_images})
+    _check_inputs(args)
+    run_dir = new_run_dir(args.out, force=args.force)
+    res = run_sensitivity(
+        SensitivityJob(
+            model=args.model,
+            calib=Path(args.calib),
+            eval=Path(args.eval),
+            out=run_dir,
+            recipe=recipe,
+            weights=Path(args.weights) if args.weights else None,
+            images=args.images,
+            progress=not out.quiet,
+            log=out.log,
+        )
+    )
+    lines = [f"{'layer':<30} {'SQNR gain dB':>12} {'alone SQNR dB':>13}"]
+    for r in res["layers"][:10]:
+        lines.append(
+            f"{r['layer']:<30} {r['sqnr_gain_db']:>12.2f} {r['only_quantized_sqnr_db']:>13.1f}"
+        )
+    lines += [
+        "",
+        "suggested overrides (keep in float):",
+        dump({"overrides": res["suggested_overrides"]}).rstrip(),
+        "",
+        f"report: {run_dir / 'sensitivity.html'}",
+    ]
+    out.result("\n".join(lines), res)
+    return 0
+
+
 def _predictor_for(ref: str, weights: str | None) -> tuple[Any, str]:
     from edgeq.evaluate.classification import as_predictor
 
@@ -364,6 +401,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int)
     common(b)
 
+    s = sub.add_parser("sensitivity", help="rank layers by the error their quantization adds")
+    s.add_argument("model")
+    s.add_argument("--calib", required=True)
+    s.add_argument("--eval", required=True)
+    s.add_argument("--weights")
+    s.add_argument("--images", type=int, default=64, help="evaluation images (default 64)")
+    s.add_argument("--calib-images", type=int)
+    s.add_argument("--out")
+    s.add_argument("--force", action="store_true")
+    common(s)
+
     c = sub.add_parser("compare", help="side-by-side table of runs")
     c.add_argument("runs", nargs="+", help="run folders (or their metrics.json)")
     common(c)
@@ -376,6 +424,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "bench": cmd_bench,
     "compare": cmd_compare,
+    "sensitivity": cmd_sensitivity,
 }
 
 

@@ -196,3 +196,22 @@ def test_real_mobilenet_v2_is_bit_exact_against_onnxruntime(tmp_path, mobilenet_
         sim = qm.module(x).numpy()
     ours = _ort_logits(export_onnx(qm.module, tmp_path / "q.onnx", x[:1]), x)
     assert np.abs(ours - sim).max() == 0.0
+
+
+class WithSigmoid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.conv(x)).mean((2, 3))
+
+
+def test_unsupported_ops_are_named_in_a_warning_or_an_error_in_strict_mode():
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(
+        UserWarning, match=r"2 op\(s\) stay in float.*sigmoid \(call_function sigmoid\); mean"
+    ):
+        quantize(WithSigmoid().eval(), [x])
+    with pytest.raises(QuantInputError, match=r"sigmoid.*strict=True"):
+        quantize(WithSigmoid().eval(), [x], PTQConfig(strict=True))

@@ -103,6 +103,8 @@ def save(qmodel: QuantizedModel, path: str | Path) -> Path:
         levels = m.weight_levels()
         tensors[f"{name}.weight_q"] = pack_bits(levels, spec.bits, signed=spec.signed)
         skip.add(f"{name}.weight")
+        if spec.symmetric:  # zero points are all 0: not stored
+            skip.add(f"{name}.weight_zero_point")
         bias_q = m.bias_levels()
         if bias_q is not None:
             tensors[f"{name}.bias_q"] = bias_q.contiguous()
@@ -181,7 +183,7 @@ def load(path: str | Path) -> QuantizedModel:
         config.weight,
         config.activation if static else None,
         limit_pairs=static and config.target is Target.PORTABLE,
-        overrides=config.override_for,
+        layer_bits=config.layer_bits,
     )
     gm.eval()
     layers = _layers_all(gm)
@@ -190,13 +192,13 @@ def load(path: str | Path) -> QuantizedModel:
             raise ArtifactError(f"{folder}: layer {name!r} is not in the rebuilt model")
         m = layers[name]
         m.weight_scale = torch.empty(info["weight_scale_shape"])
-        m.weight_zero_point = torch.empty(info["weight_scale_shape"], dtype=torch.int32)
+        m.weight_zero_point = torch.zeros(info["weight_scale_shape"], dtype=torch.int32)
     state = {k: v for k, v in tensors.items() if not k.endswith(("weight_q", "bias_q"))}
     try:
         missing, unexpected = gm.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise ArtifactError(f"{tensors_path}: does not fit the rebuilt model: {e}") from e
-    restored = {f"{n}.{p}" for n in meta["layers"] for p in ("weight", "bias")}
+    restored = {f"{n}.{p}" for n in meta["layers"] for p in ("weight", "bias", "weight_zero_point")}
     missing = [k for k in missing if k not in restored and ".observer." not in f".{k}"]
     if unexpected or missing:
         raise ArtifactError(

@@ -128,17 +128,19 @@ class _Emitter:
         if self.quantized and isinstance(m, QuantConv2d | QuantLinear):
             w_levels = m.weight_levels().numpy().astype(np.int8)
             axis_scale = self.init(f"{name}_w_scale", m.weight_scale.numpy().astype(np.float32))
-            w_zp = self.init(f"{name}_w_zp", np.zeros(w_levels.shape[0], np.int8))
             w_q = self.init(f"{name}_w_q", w_levels)
-            w = self.add("DequantizeLinear", [w_q, axis_scale, w_zp], f"{name}_w", axis=0)
+            w_inputs = [w_q, axis_scale]
+            if isinstance(m, QuantLinear):  # ORT's QGemm fusion wants the weight's zero point
+                w_inputs.append(self.init(f"{name}_w_zp", np.zeros(w_levels.shape[0], np.int8)))
+            # otherwise the optional zero points (all 0) are left out: smaller files
+            w = self.add("DequantizeLinear", w_inputs, f"{name}_w", axis=0)
             inputs = [x, w]
             b_levels = m.bias_levels()
             if b_levels is not None:
                 b_scale = (m.input_scale * m.weight_scale).numpy().astype(np.float32)
                 bq = self.init(f"{name}_b_q", b_levels.numpy().astype(np.int32))
                 bs = self.init(f"{name}_b_scale", b_scale)
-                bz = self.init(f"{name}_b_zp", np.zeros(b_levels.shape[0], np.int32))
-                inputs.append(self.add("DequantizeLinear", [bq, bs, bz], f"{name}_b", axis=0))
+                inputs.append(self.add("DequantizeLinear", [bq, bs], f"{name}_b", axis=0))
         else:
             inputs = [x, self.init(f"{name}_w", m.weight.detach().numpy().astype(np.float32))]
             if m.bias is not None:

@@ -134,13 +134,13 @@ def prepare(
     activation_spec: QuantSpec | None,
     *,
     limit_pairs: bool,
-    overrides: Callable[[str], object] | None = None,
+    layer_bits: Callable[[str, nn.Module], int | None] | None = None,
 ) -> tuple[fx.GraphModule, PlacementReport]:
     """Rewrite ``gm`` in place for calibration (BatchNorm must be folded first).
 
     ``activation_spec=None``: weight-only; layers are swapped, nothing else changes.
-    ``overrides(name)`` returns a `LayerOverride` (or None) for a layer: other weight
-    bits, or left in float.
+    ``layer_bits(name, module)`` gives a layer's weight bits, or None to leave it in
+    float (per-layer overrides, depthwise minimum).
     """
     report = PlacementReport()
     modules = dict(gm.named_modules())
@@ -165,19 +165,22 @@ def prepare(
     for node in list(graph.nodes):
         if node.op != "call_module" or type(modules[node.target]) not in QUANT_MODULES:
             continue
-        override = overrides(str(node.target)) if overrides else None
-        if override is not None and getattr(override, "float", False):
-            report.float_ops.append(f"{node.target} (kept in float by an override)")
-            continue
+        bits = weight_spec.bits
+        if layer_bits is not None:
+            chosen = layer_bits(str(node.target), modules[node.target])
+            if chosen is None:
+                report.float_ops.append(f"{node.target} (kept in float by an override)")
+                continue
+            bits = chosen
         activation = None
         users = list(node.users)
         if len(users) == 1 and _relu_kind(users[0], modules):
             activation = _relu_kind(users[0], modules)
             users[0].replace_all_uses_with(node)
             graph.erase_node(users[0])
-        spec = weight_spec
-        if override is not None and getattr(override, "bits", None) is not None:
-            spec = dataclasses.replace(weight_spec, bits=override.bits)  # type: ignore[attr-defined]
+        spec = (
+            weight_spec if bits == weight_spec.bits else dataclasses.replace(weight_spec, bits=bits)
+        )
         float_mod = modules[node.target]
         qcls = QUANT_MODULES[type(float_mod)]
         qmod = qcls(
@@ -208,7 +211,8 @@ def prepare(
         kind = node_kind(node, modules)
         if kind not in ("layer", "add", "cat", "gap"):
             if kind == "float":
-                report.float_ops.append(f"{node.name} ({node.op} {node.target})")
+                target = getattr(node.target, "__name__", node.target)
+                report.float_ops.append(f"{node.name} ({node.op} {target})")
             continue
         if all(u.op == "output" for u in node.users):
             continue  # final output stays float

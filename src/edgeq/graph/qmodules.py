@@ -60,6 +60,7 @@ class ActivationQuantizer(nn.Module):
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
         self.observing = True
+        self.enabled = True
 
     def freeze(self) -> None:
         lo, hi = self.observer.compute_range()
@@ -73,6 +74,8 @@ class ActivationQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
             return self.observer(x)
+        if not self.enabled:  # analysis (sensitivity): this tensor stays float
+            return x
         if x.requires_grad:  # training: straight-through gradients
             return fake_quantize(x, self.scale, self.zero_point, self.spec)
         # evaluation: QuantizeLinear -> DequantizeLinear, bit-exact, in four passes

@@ -90,6 +90,11 @@ class PTQConfig:
     bias_correction: bool = False
     mode: Mode = Mode.STATIC
     overrides: tuple[LayerOverride, ...] = ()
+    strict: bool = False  # True: an op edgeq cannot quantize is an error, not a warning
+    # Depthwise filters hold 9 weights per channel: below 8 bits their grids are too
+    # coarse (MobileNetV2 with 4-bit depthwise weights loses most of its accuracy), and
+    # they are about 2% of its weights. They get at least this many bits.
+    min_depthwise_bits: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", Target(self.target))
@@ -98,6 +103,16 @@ class PTQConfig:
 
     def override_for(self, name: str) -> LayerOverride | None:
         return next((o for o in self.overrides if o.matches(name)), None)
+
+    def layer_bits(self, name: str, module: object) -> int | None:
+        """Weight bits for one layer (None: keep in float)."""
+        o = self.override_for(name)
+        if o is not None:
+            return None if o.float else o.bits
+        groups = getattr(module, "groups", 1)
+        if groups > 1 and groups == getattr(module, "in_channels", 0):
+            return max(self.weight.bits, self.min_depthwise_bits)
+        return self.weight.bits
 
     @classmethod
     def weight_only(cls, bits: int = 4, group_size: int | None = 128) -> PTQConfig:
@@ -124,6 +139,8 @@ class PTQConfig:
             "max_calibration_batches": self.max_calibration_batches,
             "bias_correction": self.bias_correction,
             "overrides": [dataclasses.asdict(o) for o in self.overrides],
+            "strict": self.strict,
+            "min_depthwise_bits": self.min_depthwise_bits,
         }
 
     @classmethod
@@ -136,4 +153,6 @@ class PTQConfig:
             bias_correction=d.get("bias_correction", False),
             mode=d.get("mode", "static"),
             overrides=tuple(LayerOverride(**o) for o in d.get("overrides", ())),
+            strict=d.get("strict", False),
+            min_depthwise_bits=d.get("min_depthwise_bits", 8),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -84,9 +85,18 @@ def quantize(
         config.weight,
         config.activation if static else None,
         limit_pairs=static and config.target is Target.PORTABLE,
-        overrides=config.override_for,
+        layer_bits=config.layer_bits,
     )
     gm.eval()
+    unsupported = [f for f in report.float_ops if "override" not in f]
+    if unsupported and static:
+        msg = (
+            f"{len(unsupported)} op(s) stay in float (no integer kernel edgeq can place): "
+            + "; ".join(unsupported)
+        )
+        if config.strict:
+            raise QuantInputError(msg + " (strict=True)")
+        warnings.warn(msg, stacklevel=2)
     if not static:  # weight-only: no activation ranges to calibrate
         freeze(gm)
         return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0, source)

@@ -1,0 +1,188 @@
+"""Sensitivity: which layers lose the most when quantized?
+
+The model is quantized once (calibrated once). Then, in the fake-quantized simulation
+(float arithmetic on the same grids), each conv/linear layer is in turn (a) the only
+layer left in float, everything else quantized, and (b) the only layer quantized,
+everything else float. Each setting is scored on the evaluation images against the
+FP32 model: logits SQNR, top-1 agreement and, with labels, top-1. Layers are ranked by
+how much SQNR keeping them in float recovers; the worst few are suggested as recipe
+overrides.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import edgeq
+from edgeq.data import load_labeled_images
+from edgeq.evaluate.classification import score
+from edgeq.graph.insert import feeding_quantizer
+from edgeq.graph.qmodules import ActivationQuantizer, IntegerOp, QuantConv2d, QuantLinear
+from edgeq.ptq.static import output_quantizer
+from edgeq.recipe import dump, to_config
+from edgeq.report.document import Document
+from edgeq.runs import write_text_atomic
+
+
+@dataclass
+class SensitivityJob:
+    model: str
+    calib: Path
+    eval: Path
+    out: Path
+    recipe: dict[str, Any]
+    weights: Path | None = None
+    images: int = 64
+    suggest: int = 3
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+
+def run_sensitivity(job: SensitivityJob) -> dict[str, Any]:
+    recipe = job.recipe
+    model = edgeq.load_model(job.model, job.weights)
+    calib = load_labeled_images(job.calib)
+    cx, _ = calib.tensors(range(min(recipe["calibration"]["images"], len(calib))))
+    bs = recipe["calibration"]["batch_size"]
+    job.log(f"calibrating on {len(cx)} images")
+    qm = edgeq.quantize(model, [cx[i : i + bs] for i in range(0, len(cx), bs)], to_config(recipe))
+    ev = load_labeled_images(job.eval)
+    ex, ey = ev.tensors(range(min(job.images, len(ev))))
+    labels = ey.numpy()
+    gm = qm.module
+    modules = dict(gm.named_modules())
+    with torch.no_grad():
+        fp = model(ex).numpy()
+
+    layers = []
+    for node in gm.graph.nodes:
+        m = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(m, QuantConv2d | QuantLinear) and m.quantized:
+            m.integer_exact = False  # fake-quant path: layers can be switched one by one
+            layers.append(
+                (
+                    node.target,
+                    m,
+                    feeding_quantizer(node.args[0], modules),
+                    output_quantizer(node, modules),
+                )
+            )
+    quantizers = [m for m in modules.values() if isinstance(m, ActivationQuantizer)]
+    int_ops = [m for m in modules.values() if isinstance(m, IntegerOp)]
+
+    def evaluate() -> dict[str, float]:
+        with torch.no_grad():
+            logits = np.concatenate([gm(ex[i : i + 32]).numpy() for i in range(0, len(ex), 32)])
+        return score(logits, labels, fp)
+
+    def set_all(on: bool) -> None:
+        for _, m, _, _ in layers:
+            m.quantized = on
+        for q in quantizers:
+            q.enabled = on
+        for op in int_ops:
+            op.integer = on and op.out_spec is not None
+
+    base = evaluate()
+    rows = []
+    it: Any = layers
+    if job.progress:
+        from tqdm import tqdm
+
+        it = tqdm(layers, desc="layers", unit="layer", disable=None)
+    for name, m, qin, qout in it:
+        set_all(True)
+        m.quantized = False
+        if qout is not None:
+            qout.enabled = False
+        kept_float = evaluate()
+        set_all(False)
+        m.quantized = True
+        for q in (qin, qout):
+            if q is not None:
+                q.enabled = True
+        alone = evaluate()
+        rows.append(
+            {
+                "layer": name,
+                "float_kept_sqnr_db": kept_float["sqnr_db"],
+                "float_kept_agreement": kept_float["agreement"],
+                "float_kept_top1": kept_float["top1"],
+                "sqnr_gain_db": kept_float["sqnr_db"] - base["sqnr_db"],
+                "only_quantized_sqnr_db": alone["sqnr_db"],
+                "only_quantized_agreement": alone["agreement"],
+                "only_quantized_top1": alone["top1"],
+            }
+        )
+    set_all(True)
+    ranked = sorted(rows, key=lambda r: -r["sqnr_gain_db"])
+    suggestions = [{"match": r["layer"], "float": True} for r in ranked[: job.suggest]]
+
+    out = job.out
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    for r in ranked:
+        w.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in r.items()})
+    write_text_atomic(out / "sensitivity.csv", buf.getvalue())
+    result = {
+        "model": job.model,
+        "images": len(ex),
+        "all_quantized": base,
+        "fp32_top1": score(fp, labels)["top1"],
+        "layers": ranked,
+        "suggested_overrides": suggestions,
+    }
+    write_text_atomic(out / "sensitivity.json", json.dumps(result, indent=2) + "\n")
+    _report(out, result)
+    return result
+
+
+def _report(out: Path, result: dict[str, Any]) -> None:
+    from edgeq.report.plots import plt
+
+    ranked = result["layers"][:25]
+    (out / "plots").mkdir(exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(ranked) + 1.6))
+    names = [r["layer"] for r in ranked][::-1]
+    ax.barh(names, [r["sqnr_gain_db"] for r in ranked][::-1], color="#4f81bd")
+    ax.set_xlabel("logits SQNR recovered by keeping the layer in float (dB)")
+    ax.set_title(f"Layer sensitivity ({result['images']} images), most sensitive at the top")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "plots" / "sensitivity.png", dpi=110)
+    plt.close(fig)
+    base = result["all_quantized"]
+    doc = Document(f"edgeq sensitivity: {result['model']}")
+    doc.p(
+        f"All layers quantized: logits SQNR {base['sqnr_db']:.1f} dB, top-1 agreement with "
+        f"FP32 {base['agreement']:.3f}, top-1 {base['top1']:.3f} (FP32 "
+        f"{result['fp32_top1']:.3f}), on {result['images']} images."
+    )
+    doc.img("plots/sensitivity.png", "SQNR recovered by keeping each layer in float")
+    doc.table(
+        ["layer", "SQNR gain (dB)", "agreement, layer float", "SQNR, layer alone quantized"],
+        [
+            [
+                r["layer"],
+                f"{r['sqnr_gain_db']:.2f}",
+                f"{r['float_kept_agreement']:.3f}",
+                f"{r['only_quantized_sqnr_db']:.1f}",
+            ]
+            for r in ranked[:15]
+        ],
+    )
+    doc.p("Suggested recipe overrides (keep the most sensitive layers in float):")
+    doc.code(dump({"overrides": result["suggested_overrides"]}))
+    write_text_atomic(out / "sensitivity.md", doc.markdown())
+    write_text_atomic(out / "sensitivity.html", doc.html())
