@@ -215,3 +215,26 @@ def test_unsupported_ops_are_named_in_a_warning_or_an_error_in_strict_mode():
         quantize(WithSigmoid().eval(), [x])
     with pytest.raises(QuantInputError, match=r"sigmoid.*strict=True"):
         quantize(WithSigmoid().eval(), [x], PTQConfig(strict=True))
+
+
+def test_resnet18_add_relu_fuses_and_is_bit_exact(tmp_path):
+    """ResNet's `out += identity; relu(out)` becomes one QLinearAdd (its clamp at zero
+    point 0 is the ReLU): no float requantization left, logits equal ONNX Runtime's."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(4, 3, 64, 64)
+    qm = quantize(model, [x[:2]])
+    path = export_onnx(qm.module, tmp_path / "q.onnx", x[:1])
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert ops["QLinearAdd"] == 8
+    assert ops["QLinearConv"] == 20
+    assert ops["DequantizeLinear"] == 0
+    assert ops["Relu"] == 0
+    with torch.no_grad():
+        sim = qm.module(x).numpy()
+    np.testing.assert_array_equal(_ort_logits(path, x), sim)

@@ -72,6 +72,12 @@ class _Emitter:
             return self.layer(node, x)
         if kind == "add":
             y = self.names[node.args[1]]
+            m = self.modules.get(node.target) if node.op == "call_module" else None
+            if getattr(m, "activation", None) == "relu":
+                out = self.add("Add", [x, y], name + "_add")
+                if self.quantized and self._followed_by_nonnegative_quantizer(node):
+                    return out  # QLinearAdd's clamp at zero point 0 is the ReLU
+                return self.add("Relu", [out], name)
             return self.add("Add", [x, y], name)
         if kind == "cat":
             tensors = [self.names[t] for t in node.args[0]]
@@ -187,6 +193,14 @@ class _Emitter:
         if m.activation == "relu":
             return self.add("Relu", [y], name)
         return self.clip6(y, name)
+
+    def _followed_by_nonnegative_quantizer(self, node: fx.Node) -> bool:
+        return bool(node.users) and all(
+            u.op == "call_module"
+            and isinstance(self.modules[u.target], ActivationQuantizer)
+            and self.modules[u.target].nonnegative
+            for u in node.users
+        )
 
     def clip6(self, x: str, name: str) -> str:
         lo = self.init(f"{name}_clip_lo", np.array(0.0, np.float32))

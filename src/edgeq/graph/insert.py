@@ -201,7 +201,13 @@ def prepare(
         kind = node_kind(node, modules)
         if kind == "add" and node.op == "call_function" and not node.kwargs:
             if len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args):
-                _to_module(gm, node, QuantAdd(node.name), tuple(node.args))
+                add = _to_module(gm, node, QuantAdd(node.name), tuple(node.args))
+                users = list(add.users)
+                # add -> ReLU (ResNet): QLinearAdd's clamp at zero point 0 is the ReLU
+                if len(users) == 1 and _relu_kind(users[0], modules) == "relu":
+                    gm.get_submodule(str(add.target)).activation = "relu"
+                    users[0].replace_all_uses_with(add)
+                    graph.erase_node(users[0])
         elif kind == "gap" and not isinstance(modules.get(node.target), QuantGlobalAvgPool):
             _to_module(gm, node, QuantGlobalAvgPool(node.name), (node.args[0],))
     modules = dict(gm.named_modules())
@@ -216,7 +222,11 @@ def prepare(
             continue
         if all(u.op == "output" for u in node.users):
             continue  # final output stays float
-        nonneg = kind == "layer" and getattr(modules[node.target], "activation", None) is not None
+        nonneg = (
+            kind in ("layer", "add")
+            and node.op == "call_module"
+            and getattr(modules[node.target], "activation", None) is not None
+        )
         add_quantizer(node, nonnegative=bool(nonneg))
     modules = dict(gm.named_modules())
 

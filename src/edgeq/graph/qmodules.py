@@ -445,10 +445,13 @@ class QuantAdd(IntegerOp):
 
     def __init__(self, name: str = "") -> None:
         super().__init__(name, 2)
+        # "relu": a fused ReLU (the output quantizer's zero point is 0, so the kernel's
+        # clamp at the quantized minimum is the ReLU)
+        self.activation: str | None = None
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if not self.integer or self.out_spec is None:
-            return a + b
+            return F.relu(a + b) if self.activation == "relu" else a + b
         levels = qlinear_add(
             _levels(a, *self._in(0)),
             _levels(b, *self._in(1)),
