@@ -15,7 +15,9 @@ from torchvision import transforms
 
 from edgeq.data.images import DataError
 
-# natural RGB or grayscale photographs (not charts, masks or synthetic patterns)
+# photographs of everyday objects, the kind of image an ImageNet classifier is for
+# (textures, astronomy, microscopy and text pages are left out: the FP32 model's own
+# predictions on them are near chance, which makes a poor calibration and check set)
 PHOTOS = (
     "astronaut.png",
     "chelsea.png",
@@ -23,16 +25,8 @@ PHOTOS = (
     "rocket.jpg",
     "motorcycle_left.png",
     "motorcycle_right.png",
-    "hubble_deep_field.jpg",
-    "retina.jpg",
-    "brick.png",
-    "grass.png",
-    "gravel.png",
     "camera.png",
     "coins.png",
-    "moon.png",
-    "page.png",
-    "clock_motion.png",
 )
 
 

@@ -10,7 +10,9 @@ ops and functionalizes; its graph is not a module one keeps fine-tuning.
 from __future__ import annotations
 
 import traceback
+from pathlib import Path
 
+import torch
 from torch import fx, nn
 
 
@@ -18,10 +20,15 @@ class CaptureError(RuntimeError):
     """The model cannot be traced (data-dependent control flow, unsupported ops)."""
 
 
+_LIBRARY_DIRS = (str(Path(torch.__file__).parent), str(Path(__file__).resolve().parents[1]))
+
+
 def _user_frame(exc: BaseException) -> str:
+    """The innermost traceback frame outside torch and edgeq: the model's own line."""
     frames = traceback.extract_tb(exc.__traceback__)
     for frame in reversed(frames):
-        if "/torch/" not in frame.filename and "/edgeq/" not in frame.filename:
+        path = str(Path(frame.filename).resolve())
+        if not path.startswith(_LIBRARY_DIRS):
             return f"{frame.filename}:{frame.lineno}: {frame.line}"
     return "unknown source line"
 
