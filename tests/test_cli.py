@@ -108,7 +108,10 @@ def test_quantize_writes_a_complete_run_folder(tmp_path, images, capsys, monkeyp
     assert (tmp_path / "runs" / "002" / "metrics.json").is_file()
     # compare shows both runs side by side
     capsys.readouterr()
-    assert main(["compare", str(run), str(tmp_path / "runs" / "002")]) == 0
+    plots = tmp_path / "cmp"
+    assert main(["compare", str(run), str(tmp_path / "runs" / "002"), "--out", str(plots)]) == 0
+    assert (plots / "accuracy_vs_size.png").is_file()
+    assert (plots / "accuracy_vs_latency.png").is_file()
     table = capsys.readouterr().out
     assert "runs/001" in table
     assert "runs/002" in table

@@ -333,6 +333,8 @@ def cmd_compare(args: argparse.Namespace, out: _Out) -> int:
                 "quantize_s": m["seconds"]["quantize"],
             }
         )
+    if args.out:
+        _compare_plots(rows, Path(args.out))
     keys = list(dict.fromkeys(k for r in rows for k in r))
     widths = {k: max(len(k), *(len(_cell(r.get(k))) for r in rows)) for k in keys}
     lines = ["  ".join(f"{k:<{widths[k]}}" for k in keys)]
@@ -340,6 +342,31 @@ def cmd_compare(args: argparse.Namespace, out: _Out) -> int:
         lines.append("  ".join(f"{_cell(r.get(k)):<{widths[k]}}" for k in keys))
     out.result("\n".join(lines), rows)
     return 0
+
+
+def _compare_plots(rows: list[dict[str, Any]], out: Path) -> None:
+    """Accuracy vs size and accuracy vs latency, one point per run (runs with top-1)."""
+    from edgeq.report.plots import tradeoff
+
+    out.mkdir(parents=True, exist_ok=True)
+    with_acc = [r for r in rows if r.get("top1") is not None]
+    if len(with_acc) < 2:
+        raise UserError("--out plots need at least two runs evaluated on labeled data (--eval)")
+    labels = {r["run"]: Path(r["run"]).name for r in with_acc}
+    tradeoff(
+        {labels[r["run"]]: (r["size_ratio"], r["top1"]) for r in with_acc},
+        "size on disk (fraction of FP32 ONNX)",
+        "Accuracy vs size",
+        out / "accuracy_vs_size.png",
+    )
+    lat = [r for r in with_acc if r.get("latency_ratio_b1") is not None]
+    if len(lat) >= 2:
+        tradeoff(
+            {labels[r["run"]]: (r["latency_ratio_b1"], r["top1"]) for r in lat},
+            "ONNX Runtime latency at batch 1 (fraction of FP32)",
+            "Accuracy vs latency",
+            out / "accuracy_vs_latency.png",
+        )
 
 
 def _cell(v: Any) -> str:
@@ -414,6 +441,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="side-by-side table of runs")
     c.add_argument("runs", nargs="+", help="run folders (or their metrics.json)")
+    c.add_argument("--out", help="folder for accuracy-vs-size and accuracy-vs-latency plots")
     common(c)
     return parser
 

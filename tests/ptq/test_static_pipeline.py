@@ -238,3 +238,21 @@ def test_resnet18_add_relu_fuses_and_is_bit_exact(tmp_path):
     with torch.no_grad():
         sim = qm.module(x).numpy()
     np.testing.assert_array_equal(_ort_logits(path, x), sim)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "densenet121"])
+def test_float_ops_export_and_run_next_to_integer_kernels(tmp_path, name):
+    """Hardswish, hardsigmoid, squeeze-excite multiplies (MobileNetV3) and BatchNorms
+    that follow no conv (DenseNet) stay float in ONNX Runtime too; the model runs
+    and agrees with the simulation."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.warns(UserWarning, match="stay in float"):
+        qm = quantize(model, [x])
+    with torch.no_grad():
+        sim = qm.module(x).numpy()
+    ours = _ort_logits(export_onnx(qm.module, tmp_path / "q.onnx", x[:1]), x)
+    np.testing.assert_allclose(ours, sim, atol=1e-3 * float(np.abs(sim).max()) + 1e-6)

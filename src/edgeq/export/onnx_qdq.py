@@ -17,8 +17,10 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
-from edgeq.graph.insert import _relu_kind, node_kind
+from edgeq.export.float_ops import translator_for
+from edgeq.graph.insert import _is_identity_in_eval, _relu_kind, node_kind
 from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
 from edgeq.ptq.config import Mode
 from edgeq.ptq.static import QuantizedModel
@@ -93,11 +95,22 @@ class _Emitter:
             return self.add("Relu", [x], name)
         if kind == "output":
             return x
-        raise ExportError(f"node {node.name} ({node.op} {node.target}) has no ONNX translation")
+        translate = translator_for(node, self.modules)
+        if translate is not None:
+            ins = [self.names[a] for a in node.args if isinstance(a, fx.Node)]
+            out = translate(self, node, ins)
+            if out is not None:
+                return out
+        target = getattr(node.target, "__name__", node.target)
+        raise ExportError(f"node {node.name} ({node.op} {target}) has no ONNX translation")
 
     def passthrough(self, node: fx.Node, x: str) -> str:
         m = self.modules.get(node.target) if node.op == "call_module" else None
-        if isinstance(m, nn.Dropout | nn.Identity) or node.target is torch.nn.functional.dropout:
+        if (
+            isinstance(m, nn.Dropout | nn.Identity)
+            or node.target is torch.nn.functional.dropout
+            or _is_identity_in_eval(node)
+        ):
             out = x
         elif isinstance(m, nn.MaxPool2d):
             k = _pair(m.kernel_size)
@@ -215,6 +228,9 @@ def _pair(v) -> list[int]:
 def build_onnx(
     gm: fx.GraphModule, example_input: torch.Tensor, *, quantized: bool
 ) -> onnx.ModelProto:
+    # input shapes of every node (fixed-size pooling needs them)
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example_input[:1])
     em = _Emitter(gm, quantized)
     out_name = None
     for node in gm.graph.nodes:

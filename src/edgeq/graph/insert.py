@@ -57,6 +57,15 @@ def _relu_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     return None
 
 
+def _is_identity_in_eval(node: fx.Node) -> bool:
+    """torchvision.ops.stochastic_depth traced in eval mode (training=False): identity."""
+    target = node.target
+    if getattr(target, "__name__", "") != "stochastic_depth":
+        return False
+    training = node.args[3] if len(node.args) > 3 else node.kwargs.get("training", True)
+    return training is False
+
+
 def node_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     """Classify a node: 'layer', 'quantizer', 'add', 'cat', 'gap', 'pass', 'relu',
     'input', 'output', 'attr' or 'float'."""
@@ -86,6 +95,8 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
         if node.target in CAT_TARGETS:
             return "cat"
         if node.target in FLATTEN_TARGETS or node.target is F.dropout:
+            return "pass"
+        if _is_identity_in_eval(node):
             return "pass"
         if node.target is F.adaptive_avg_pool2d and node.args[1] in (1, (1, 1)):
             return "gap"

@@ -104,7 +104,7 @@ def build_report(out: Path, metrics: dict[str, Any], errors: list[LayerError]) -
             [
                 ["top-1 agreement (target >= 0.995)", _f(ec["top1_agreement"]), mark],
                 [
-                    "max |logit difference|",
+                    "max abs logit difference",
                     _f(ec["max_abs_logit_difference"], ".3g"),
                     "PASS (bit-exact)" if ec["max_abs_logit_difference"] == 0 else "info",
                 ],

@@ -74,11 +74,15 @@ def layer_histograms(error: LayerError, path: Path) -> Path:
 
 
 def tradeoff(points: dict[str, tuple[float, float]], xlabel: str, title: str, path: Path) -> Path:
-    """Scatter of (x, top-1) per run/config, labeled."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (x, acc) in points.items():
-        ax.scatter([x], [100 * acc], s=40)
-        ax.annotate(label, (x, 100 * acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    """Scatter of (x, top-1) per run/config; a legend names the points (labels drawn
+    next to points overlap when configs land on the same spot)."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    markers = "osD^vP*Xh<>p"
+    for i, (label, (x, acc)) in enumerate(points.items()):
+        ax.scatter(
+            [x], [100 * acc], s=60, marker=markers[i % len(markers)], label=label, alpha=0.85
+        )
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)

@@ -1,0 +1,142 @@
+"""ONNX translations of ops edgeq leaves in float (no integer kernel is placed on them).
+
+In the exported graph they sit between DequantizeLinear and the next QuantizeLinear,
+so ONNX Runtime runs them in float32, as the simulation does in PyTorch. Float
+arithmetic in two runtimes agrees closely but not to the bit (see docs/architecture.md).
+Each translator returns the ONNX output name, or None when the node's arguments are
+outside what it handles (the exporter then reports the node by name).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+Translator = Callable[[Any, fx.Node, list[str]], "str | None"]
+
+
+def _pair(v: Any) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(a) for a in v]
+
+
+def _unary(op: str, **attrs: Any) -> Translator:
+    def emit(em: Any, node: fx.Node, ins: list[str]) -> str:
+        return em.add(op, ins[:1], node.name, **attrs)
+
+    return emit
+
+
+def _silu(em: Any, node: fx.Node, ins: list[str]) -> str:
+    s = em.add("Sigmoid", ins[:1], node.name + "_sigmoid")
+    return em.add("Mul", [ins[0], s], node.name)
+
+
+def _mul(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    if len(ins) != 2:
+        return None
+    return em.add("Mul", ins, node.name)
+
+
+def _avg_pool(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    m = em.modules.get(node.target)
+    if not isinstance(m, nn.AvgPool2d) or m.divisor_override is not None:
+        return None
+    k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
+    return em.add(
+        "AveragePool",
+        ins[:1],
+        node.name,
+        kernel_shape=k,
+        strides=s,
+        pads=p + p,
+        ceil_mode=int(m.ceil_mode),
+        count_include_pad=int(m.count_include_pad),
+    )
+
+
+def _adaptive_avg_pool(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    """AdaptiveAvgPool2d to (h, w) when the input size is a multiple of it: a plain
+    AveragePool with kernel = stride = input / output (AlexNet, VGG)."""
+    m = em.modules.get(node.target)
+    out = m.output_size if isinstance(m, nn.AdaptiveAvgPool2d) else node.args[1]
+    src = node.args[0]
+    meta = getattr(src, "meta", {}).get("tensor_meta")
+    if meta is None:
+        return None
+    h, w = meta.shape[-2:]
+    oh, ow = _pair(out) if out is not None else (h, w)
+    oh, ow = oh or h, ow or w
+    if h % oh or w % ow:
+        return None
+    k = [h // oh, w // ow]
+    return em.add("AveragePool", ins[:1], node.name, kernel_shape=k, strides=k)
+
+
+def _batch_norm(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    """A BatchNorm that could not be folded (it does not follow a conv: DenseNet)."""
+    m = em.modules.get(node.target)
+    if not isinstance(m, nn.BatchNorm2d) or m.running_mean is None:
+        return None
+    c = m.num_features
+    weight = m.weight.detach() if m.weight is not None else torch.ones(c)
+    bias = m.bias.detach() if m.bias is not None else torch.zeros(c)
+    names = [
+        em.init(f"{node.name}_{k}", v.detach().float().numpy())
+        for k, v in (
+            ("scale", weight),
+            ("bias", bias),
+            ("mean", m.running_mean),
+            ("var", m.running_var),
+        )
+    ]
+    return em.add("BatchNormalization", [ins[0], *names], node.name, epsilon=float(m.eps))
+
+
+FUNCTIONS: dict[Any, Translator] = {
+    torch.sigmoid: _unary("Sigmoid"),
+    F.sigmoid: _unary("Sigmoid"),
+    F.hardswish: _unary("HardSwish"),
+    F.hardsigmoid: _unary("HardSigmoid", alpha=1 / 6, beta=0.5),
+    F.silu: _silu,
+    torch.tanh: _unary("Tanh"),
+    operator.mul: _mul,
+    torch.mul: _mul,
+    F.adaptive_avg_pool2d: _adaptive_avg_pool,
+}
+MODULES: dict[type[nn.Module], Translator] = {
+    nn.Sigmoid: _unary("Sigmoid"),
+    nn.Hardswish: _unary("HardSwish"),
+    nn.Hardsigmoid: _unary("HardSigmoid", alpha=1 / 6, beta=0.5),
+    nn.SiLU: _silu,
+    nn.Tanh: _unary("Tanh"),
+    nn.AvgPool2d: _avg_pool,
+    nn.AdaptiveAvgPool2d: _adaptive_avg_pool,
+    nn.BatchNorm2d: _batch_norm,
+}
+
+
+def _mean(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if dims is None:
+        return None
+    axes = [int(d) for d in (dims if isinstance(dims, list | tuple) else [dims])]
+    return em.add("ReduceMean", ins[:1], node.name, axes=axes, keepdims=int(bool(keepdim)))
+
+
+METHODS: dict[str, Translator] = {"mean": _mean, "sigmoid": _unary("Sigmoid")}
+
+
+def translator_for(node: fx.Node, modules: dict[str, nn.Module]) -> Translator | None:
+    if node.op == "call_function":
+        return FUNCTIONS.get(node.target)
+    if node.op == "call_method":
+        return METHODS.get(str(node.target))
+    if node.op == "call_module":
+        return MODULES.get(type(modules[node.target]))
+    return None
