@@ -256,3 +256,37 @@ def test_float_ops_export_and_run_next_to_integer_kernels(tmp_path, name):
         sim = qm.module(x).numpy()
     ours = _ort_logits(export_onnx(qm.module, tmp_path / "q.onnx", x[:1]), x)
     np.testing.assert_allclose(ours, sim, atol=1e-3 * float(np.abs(sim).max()) + 1e-6)
+
+
+class ChannelsLastMLP(nn.Module):
+    """Linear layers on [N, H, W, C] tensors (ConvNeXt blocks, transformer MLPs), with
+    a wide hidden layer (1024 inputs: the exact accumulation is split in chunks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.up = nn.Linear(8, 1024)
+        self.down = nn.Linear(1024, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).permute(0, 2, 3, 1)
+        y = self.down(torch.relu(self.up(y)))
+        return self.head(y.mean((1, 2)))
+
+
+def test_linear_on_channels_last_tensors_is_exact_and_close_to_float():
+    torch.manual_seed(0)
+    model = ChannelsLastMLP().eval()
+    x = torch.randn(4, 3, 6, 6)
+    with pytest.warns(UserWarning, match="stay in float"):
+        qm = quantize(model, [x])
+    with torch.no_grad():
+        ref, sim = model(x), qm.module(x)
+        m = qm.module.get_submodule("down")
+        m.integer_exact = False  # the float fake-quant path computes the same values
+        fake = qm.module(x)
+    assert sim.shape == ref.shape
+    sqnr = 10 * torch.log10((ref**2).sum() / ((ref - sim) ** 2).sum())
+    assert sqnr > 25.0
+    torch.testing.assert_close(sim, fake, rtol=0, atol=1e-4)

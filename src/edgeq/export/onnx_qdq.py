@@ -229,8 +229,11 @@ def build_onnx(
     gm: fx.GraphModule, example_input: torch.Tensor, *, quantized: bool
 ) -> onnx.ModelProto:
     # input shapes of every node (fixed-size pooling needs them)
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example_input[:1])
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input[:1])
+    except Exception as e:  # shapes are a help, not a need: say which node failed
+        raise ExportError(f"cannot run the model on the example input: {e}") from e
     em = _Emitter(gm, quantized)
     out_name = None
     for node in gm.graph.nodes:

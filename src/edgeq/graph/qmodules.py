@@ -107,6 +107,8 @@ def layer_weight_spec(spec: QuantSpec, shape: tuple[int, ...]) -> QuantSpec:
 class _WeightQuantMixin(nn.Module):
     """Weight levels, per-channel scales and int32-rounded bias shared by conv/linear."""
 
+    _channel_dim: int  # where the channels are in the layer's input and output
+
     weight: nn.Parameter
     bias: nn.Parameter | None
     weight_scale: torch.Tensor
@@ -271,7 +273,9 @@ class _WeightQuantMixin(nn.Module):
         a = torch.round(x.to(torch.float32) / self.input_scale)
         acc = self._accumulate(a, self.weight_levels(), op)
         b = self.bias_levels()
-        view = [1, -1] + [1] * (acc.ndim - 2)
+        # output channels: dim 1 for conv (NCHW), the last dim for linear (any rank)
+        view = [1] * acc.ndim
+        view[self._channel_dim] = -1
         if b is None:
             acc32 = acc.to(torch.float32)
         elif acc.dtype == torch.float32 and int(b.abs().max()) < 2**24:
@@ -318,7 +322,8 @@ class _WeightQuantMixin(nn.Module):
             return op(a.double(), w.double())
         acc = None
         for c in range(0, w.shape[1], step):
-            part = op(a[:, c : c + step], w[:, c : c + step].to(torch.float32)).double()
+            chunk = a.narrow(self._channel_dim, c, min(step, w.shape[1] - c))
+            part = op(chunk, w[:, c : c + step].to(torch.float32)).double()
             acc = part if acc is None else acc + part
         assert acc is not None
         return acc
@@ -333,6 +338,8 @@ class _WeightQuantMixin(nn.Module):
 
 @register_quant_module(nn.Conv2d)
 class QuantConv2d(_WeightQuantMixin):
+    _channel_dim = 1
+
     def __init__(
         self,
         conv: nn.Conv2d,
@@ -370,6 +377,8 @@ class QuantConv2d(_WeightQuantMixin):
 
 @register_quant_module(nn.Linear)
 class QuantLinear(_WeightQuantMixin):
+    _channel_dim = -1
+
     def __init__(
         self,
         linear: nn.Linear,
