@@ -97,6 +97,49 @@ def _batch_norm(em: Any, node: fx.Node, ins: list[str]) -> str | None:
     return em.add("BatchNormalization", [ins[0], *names], node.name, epsilon=float(m.eps))
 
 
+def _mean(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if dims is None:
+        return None
+    axes = [int(d) for d in (dims if isinstance(dims, list | tuple) else [dims])]
+    return em.add("ReduceMean", ins[:1], node.name, axes=axes, keepdims=int(bool(keepdim)))
+
+
+def _permute(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    dims = node.args[1:] if node.op == "call_method" else node.args[1]
+    if len(dims) == 1 and isinstance(dims[0], list | tuple):
+        dims = dims[0]
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return em.add("Transpose", ins[:1], node.name, perm=[int(d) for d in dims])
+
+
+def _layer_norm(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    m = em.modules.get(node.target)
+    if not isinstance(m, nn.LayerNorm) or not m.elementwise_affine:
+        return None
+    axis = -len(m.normalized_shape)
+    w = em.init(f"{node.name}_scale", m.weight.detach().float().numpy())
+    b = em.init(f"{node.name}_bias", m.bias.detach().float().numpy())
+    return em.add("LayerNormalization", [ins[0], w, b], node.name, axis=axis, epsilon=m.eps)
+
+
+def _gelu(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    """Exact (erf) GELU: 0.5 * x * (1 + erf(x / sqrt(2))); opset 17 has no Gelu op."""
+    m = em.modules.get(node.target)
+    if getattr(m, "approximate", "none") != "none":
+        return None
+    import numpy as np
+
+    k = em.init(f"{node.name}_rsqrt2", np.array(2**-0.5, np.float32))
+    one = em.init(f"{node.name}_one", np.array(1.0, np.float32))
+    half = em.init(f"{node.name}_half", np.array(0.5, np.float32))
+    e = em.add("Erf", [em.add("Mul", [ins[0], k], node.name + "_s")], node.name + "_erf")
+    t = em.add("Mul", [ins[0], em.add("Add", [e, one], node.name + "_1p")], node.name + "_xt")
+    return em.add("Mul", [t, half], node.name)
+
+
 FUNCTIONS: dict[Any, Translator] = {
     torch.sigmoid: _unary("Sigmoid"),
     F.sigmoid: _unary("Sigmoid"),
@@ -107,6 +150,7 @@ FUNCTIONS: dict[Any, Translator] = {
     operator.mul: _mul,
     torch.mul: _mul,
     F.adaptive_avg_pool2d: _adaptive_avg_pool,
+    torch.permute: _permute,
 }
 MODULES: dict[type[nn.Module], Translator] = {
     nn.Sigmoid: _unary("Sigmoid"),
@@ -117,19 +161,16 @@ MODULES: dict[type[nn.Module], Translator] = {
     nn.AvgPool2d: _avg_pool,
     nn.AdaptiveAvgPool2d: _adaptive_avg_pool,
     nn.BatchNorm2d: _batch_norm,
+    nn.LayerNorm: _layer_norm,
+    nn.GELU: _gelu,
 }
 
 
-def _mean(em: Any, node: fx.Node, ins: list[str]) -> str | None:
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-    if dims is None:
-        return None
-    axes = [int(d) for d in (dims if isinstance(dims, list | tuple) else [dims])]
-    return em.add("ReduceMean", ins[:1], node.name, axes=axes, keepdims=int(bool(keepdim)))
-
-
-METHODS: dict[str, Translator] = {"mean": _mean, "sigmoid": _unary("Sigmoid")}
+METHODS: dict[str, Translator] = {
+    "mean": _mean,
+    "sigmoid": _unary("Sigmoid"),
+    "permute": _permute,
+}
 
 
 def translator_for(node: fx.Node, modules: dict[str, nn.Module]) -> Translator | None:

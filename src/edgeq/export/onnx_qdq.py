@@ -180,6 +180,14 @@ class _Emitter:
             )
         else:
             assert isinstance(m, QuantLinear | nn.Linear)
+            meta = (
+                node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
+            )
+            if meta is not None and len(meta.shape) != 2:
+                raise ExportError(
+                    f"node {node.name}: linear layer on a {len(meta.shape)}-d input; ONNX Gemm "
+                    "takes 2-d inputs and the MatMul form is not built yet"
+                )
             y = self.add("Gemm", inputs, name + ("_gemm" if activation else ""), transB=1)
         if activation is None:
             return y
