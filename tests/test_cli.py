@@ -313,3 +313,19 @@ def test_sensitivity_ranks_every_layer_and_suggests_overrides(tmp_path, images, 
     assert res["suggested_overrides"][0] == {"match": res["layers"][0]["layer"], "float": True}
     assert (out / "sensitivity.html").is_file()
     assert (out / "plots" / "sensitivity.png").is_file()
+
+
+def test_weight_only_run_writes_the_artifact_and_report(tmp_path, images):
+    out = tmp_path / "w4"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("weight: {bits: 4}\nbench: {rounds: 2}\n")
+    code = _quantize(
+        tmp_path, images, "--mode", "weight_only", "--config", str(recipe), "--out", str(out)
+    )
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["mode"] == "weight_only"
+    assert m["export_check"] is None
+    assert not (out / "quantized.onnx").exists()
+    assert "weight-only" in (out / "report.md").read_text()
+    assert edgeq.load(out).config.weight.bits == 4
