@@ -59,6 +59,36 @@ def _avg_pool(em: Any, node: fx.Node, ins: list[str]) -> str | None:
     )
 
 
+def _avg_pool_fn(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    """F.avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+    count_include_pad=True, divisor_override=None) (Inception)."""
+    names = [
+        "input",
+        "kernel_size",
+        "stride",
+        "padding",
+        "ceil_mode",
+        "count_include_pad",
+        "divisor_override",
+    ]
+    args = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+    if args.get("divisor_override") is not None or "kernel_size" not in args:
+        return None
+    k = _pair(args["kernel_size"])
+    s = _pair(args.get("stride") or args["kernel_size"])
+    p = _pair(args.get("padding", 0))
+    return em.add(
+        "AveragePool",
+        ins[:1],
+        node.name,
+        kernel_shape=k,
+        strides=s,
+        pads=p + p,
+        ceil_mode=int(bool(args.get("ceil_mode", False))),
+        count_include_pad=int(bool(args.get("count_include_pad", True))),
+    )
+
+
 def _adaptive_avg_pool(em: Any, node: fx.Node, ins: list[str]) -> str | None:
     """AdaptiveAvgPool2d to (h, w) when the input size is a multiple of it: a plain
     AveragePool with kernel = stride = input / output (AlexNet, VGG)."""
@@ -150,6 +180,7 @@ FUNCTIONS: dict[Any, Translator] = {
     operator.mul: _mul,
     torch.mul: _mul,
     F.adaptive_avg_pool2d: _adaptive_avg_pool,
+    F.avg_pool2d: _avg_pool_fn,
     torch.permute: _permute,
 }
 MODULES: dict[type[nn.Module], Translator] = {
