@@ -75,17 +75,26 @@ def main() -> None:
     parser.add_argument("--max-params", type=float, default=150e6)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--only", nargs="*")
+    parser.add_argument(
+        "--merge", action="store_true", help="update the existing results file, model by model"
+    )
     args = parser.parse_args()
     names = args.only or torchvision.models.list_models(module=torchvision.models)
     ctx = mp.get_context("spawn")
-    results = []
+    results: list[dict] = []
+    previous = args.out / "torchvision_coverage.json"
+    if args.merge and previous.is_file():
+        results = [r for r in json.loads(previous.read_text()) if r["model"] not in names]
     for name in names:
         import torch
 
-        with torch.device("meta"):
-            params = sum(
-                p.numel() for p in torchvision.models.get_model(name, weights=None).parameters()
-            )
+        try:  # count parameters without allocating them
+            with torch.device("meta"):
+                model = torchvision.models.get_model(name, weights=None)
+        except (NotImplementedError, RuntimeError):  # inits that copy data (RegNet)
+            model = torchvision.models.get_model(name, weights=None)
+        params = sum(p.numel() for p in model.parameters())
+        del model
         if params > args.max_params:
             results.append(
                 {
@@ -114,6 +123,7 @@ def main() -> None:
         p.kill()
         p.join()
         results.append(res)
+        results.sort(key=lambda r: r["model"])
         print(f"{name}: {res['status']} {res.get('error', '')}", flush=True)
         _write(results, args.out)
 
