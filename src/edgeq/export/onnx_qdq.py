@@ -112,18 +112,36 @@ class _Emitter:
             or _is_identity_in_eval(node)
         ):
             out = x
-        elif isinstance(m, nn.MaxPool2d):
-            k = _pair(m.kernel_size)
-            s = _pair(m.stride)
-            p = _pair(m.padding)
+        elif isinstance(m, nn.MaxPool2d) or node.target is torch.nn.functional.max_pool2d:
+            if isinstance(m, nn.MaxPool2d):
+                kernel, stride, pad, dil, ceil = (
+                    m.kernel_size,
+                    m.stride,
+                    m.padding,
+                    m.dilation,
+                    m.ceil_mode,
+                )
+            else:
+                names = ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode"]
+                a = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+                kernel = a["kernel_size"]
+                stride = a.get("stride") or kernel
+                pad, dil, ceil = (
+                    a.get("padding", 0),
+                    a.get("dilation", 1),
+                    a.get("ceil_mode", False),
+                )
+            if _pair(dil) != [1, 1]:
+                raise ExportError(f"node {node.name}: dilated max pooling is not supported")
+            p = _pair(pad)
             out = self.add(
                 "MaxPool",
                 [x],
                 node.name,
-                kernel_shape=k,
-                strides=s,
+                kernel_shape=_pair(kernel),
+                strides=_pair(stride),
                 pads=p + p,
-                ceil_mode=int(m.ceil_mode),
+                ceil_mode=int(bool(ceil)),
             )
         else:
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 1)

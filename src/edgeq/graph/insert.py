@@ -94,7 +94,7 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
             return "add"
         if node.target in CAT_TARGETS:
             return "cat"
-        if node.target in FLATTEN_TARGETS or node.target is F.dropout:
+        if node.target in FLATTEN_TARGETS or node.target in (F.dropout, F.max_pool2d):
             return "pass"
         if _is_identity_in_eval(node):
             return "pass"
