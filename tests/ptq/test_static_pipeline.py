@@ -290,3 +290,35 @@ def test_linear_on_channels_last_tensors_is_exact_and_close_to_float():
     sqnr = 10 * torch.log10((ref**2).sum() / ((ref - sim) ** 2).sum())
     assert sqnr > 25.0
     torch.testing.assert_close(sim, fake, rtol=0, atol=1e-4)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, image: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.a(image)) + torch.relu(self.b(depth))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_models_with_several_inputs_calibrate_through_a_callable(tmp_path):
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    image, depth = torch.randn(4, 3, 8, 8), torch.randn(4, 1, 8, 8)
+
+    def calibrate(m: nn.Module) -> None:
+        for i in range(0, 4, 2):
+            m(image[i : i + 2], depth[i : i + 2])
+
+    qm = quantize(model, calibrate)
+    path = export_onnx(qm.module, tmp_path / "q.onnx", (image[:1], depth[:1]))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["image", "depth"]
+    ours = sess.run(None, {"image": image.numpy(), "depth": depth.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_array_equal(ours, qm.module(image, depth).numpy())
+    with pytest.raises(QuantInputError, match="did not run the model"):
+        quantize(model, lambda m: None)

@@ -41,6 +41,11 @@ class _Emitter:
         self.inits: list[onnx.TensorProto] = []
         self.names: dict[fx.Node, str] = {}
         self.qparams: dict[fx.Node, tuple[str, str]] = {}  # node -> (scale, zp) init names
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        # one input keeps the name "input"; several keep the model's argument names
+        self.input_names = {
+            n: ("input" if len(placeholders) == 1 else str(n.target)) for n in placeholders
+        }
 
     def init(self, name: str, array: np.ndarray) -> str:
         self.inits.append(numpy_helper.from_array(array, name))
@@ -60,7 +65,7 @@ class _Emitter:
         src = node.args[0] if node.args else None
         x = self.names.get(src) if isinstance(src, fx.Node) else None
         if kind == "input":
-            return "input"
+            return self.input_names[node]
         if kind == "quantizer":
             m = self.modules[node.target]
             if not self.quantized:
@@ -252,15 +257,23 @@ def _pair(v) -> list[int]:
 
 
 def build_onnx(
-    gm: fx.GraphModule, example_input: torch.Tensor, *, quantized: bool
+    gm: fx.GraphModule,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...],
+    *,
+    quantized: bool,
 ) -> onnx.ModelProto:
+    examples = example_input if isinstance(example_input, tuple) else (example_input,)
     # input shapes of every node (fixed-size pooling needs them)
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(example_input[:1])
-    except Exception as e:  # shapes are a help, not a need: say which node failed
+            ShapeProp(gm).propagate(*(x[:1] for x in examples))
+    except Exception as e:
         raise ExportError(f"cannot run the model on the example input: {e}") from e
     em = _Emitter(gm, quantized)
+    if len(em.input_names) != len(examples):
+        raise ExportError(
+            f"the model takes {len(em.input_names)} inputs; example_input gives {len(examples)}"
+        )
     out_name = None
     for node in gm.graph.nodes:
         em.names[node] = em.node(node)
@@ -268,15 +281,18 @@ def build_onnx(
             out_name = em.names[node]
     assert out_name is not None
     em.add("Identity", [out_name], "output")
-    shape: list[int | str] = list(example_input.shape)
-    shape[0] = "batch"
+    inputs = []
+    for name, x in zip(em.input_names.values(), examples, strict=True):
+        shape: list[int | str] = list(x.shape)
+        shape[0] = "batch"
+        inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
     with torch.no_grad():
-        out_shape: list[int | str] = list(gm(example_input).shape)
+        out_shape: list[int | str] = list(gm(*examples).shape)
     out_shape[0] = "batch"
     graph = helper.make_graph(
         em.nodes,
         "edgeq",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        inputs,
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)],
         initializer=em.inits,
     )
@@ -291,7 +307,7 @@ def build_onnx(
 def export_onnx(
     model: fx.GraphModule | QuantizedModel,
     path: str | Path,
-    example_input: torch.Tensor,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...],
     *,
     quantized: bool = True,
     metadata: dict[str, str] | None = None,

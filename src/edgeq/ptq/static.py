@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +51,7 @@ def _batches(data: Iterable) -> Iterable[torch.Tensor]:
 @torch.no_grad()
 def quantize(
     model: nn.Module,
-    calib_data: Iterable,
+    calib_data: Iterable | Callable[[nn.Module], object],
     config: PTQConfig | None = None,
     *,
     progress: bool = False,
@@ -60,8 +60,10 @@ def quantize(
 
     Args:
         model: a float ``nn.Module`` (traceable with torch.fx).
-        calib_data: an iterable of input batches (tensors or ``(x, label)`` tuples);
-            unused (may be empty) with ``config.mode == "weight_only"``.
+        calib_data: an iterable of input batches (tensors or ``(x, label)`` tuples),
+            or a function that takes the model being calibrated and runs it on the
+            calibration data itself (models with several inputs); unused (may be
+            empty) with ``config.mode == "weight_only"``.
         config: `PTQConfig`; defaults are chosen to minimize accuracy loss.
         progress: show a progress bar.
 
@@ -98,6 +100,18 @@ def quantize(
             raise QuantInputError(msg + " (strict=True)")
         warnings.warn(msg, stacklevel=2)
     if not static:  # weight-only: no activation ranges to calibrate
+        freeze(gm)
+        return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0, source)
+    if callable(calib_data) and not isinstance(calib_data, nn.Module | torch.Tensor):
+        # a function that runs the model itself (models with several inputs)
+        if config.bias_correction:
+            raise QuantInputError(
+                "bias_correction needs calibration batches; it cannot replay a callable"
+            )
+        calib_data(gm)
+        quantizers = [m for m in gm.modules() if isinstance(m, ActivationQuantizer)]
+        if not any(int(q.observer.batches) > 0 for q in quantizers):
+            raise QuantInputError("the calibration callable did not run the model")
         freeze(gm)
         return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0, source)
     batches = _batches(calib_data)
