@@ -94,3 +94,24 @@ def test_metadata_records_source_and_config(tmp_path):
     assert meta["source"] == {"kind": "factory", "ref": f"{__name__}:small_net"}
     assert meta["config"]["mode"] == "static"
     assert meta["layers"]["pw.0"]["bits"] == 8
+
+
+def test_float16_mode_halves_the_files_and_restores_exactly(tmp_path):
+    import onnxruntime as ort
+
+    model = edgeq.load_model(f"{__name__}:small_net")
+    x = _data()
+    qm = edgeq.quantize(model, [], edgeq.PTQConfig(mode="float16"))
+    with torch.no_grad():
+        ref, sim = model(x), qm(x)
+    assert 0 < float((ref - sim).abs().max()) < 1e-2  # weights really rounded, barely
+    fp32 = edgeq.export_onnx(qm, tmp_path / "fp32.onnx", x[:1], quantized=False)
+    fp16 = edgeq.export_onnx(qm, tmp_path / "fp16.onnx", x[:1])
+    assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
+    out = ort.InferenceSession(str(fp16), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()}
+    )[0]
+    torch.testing.assert_close(torch.from_numpy(out), sim, rtol=1e-4, atol=1e-5)
+    loaded = edgeq.load(edgeq.save(qm, tmp_path / "m"))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), sim)

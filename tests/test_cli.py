@@ -329,3 +329,16 @@ def test_weight_only_run_writes_the_artifact_and_report(tmp_path, images):
     assert not (out / "quantized.onnx").exists()
     assert "weight-only" in (out / "report.md").read_text()
     assert edgeq.load(out).config.weight.bits == 4
+
+
+def test_float16_run_exports_a_half_size_onnx(tmp_path, images):
+    out = tmp_path / "f16"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("bench: {rounds: 2}\n")
+    assert (
+        _quantize(tmp_path, images, "--mode", "float16", "--config", str(recipe), "--out", str(out))
+        == 0
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["bytes"]["quantized_onnx"] < 0.6 * m["bytes"]["fp32_onnx"]
+    assert m["export_check"]["top1_agreement"] == 1.0

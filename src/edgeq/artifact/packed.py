@@ -116,9 +116,12 @@ def save(qmodel: QuantizedModel, path: str | Path) -> Path:
             "weight_scale_shape": list(m.weight_scale.shape),
             "bias": "int32" if bias_q is not None else ("float" if m.bias is not None else None),
         }
+    float16 = qmodel.config.mode is Mode.FLOAT16
     for key, value in gm.state_dict().items():
         if key in skip or ".observer." in f".{key}":
             continue
+        if float16 and value.is_floating_point():
+            value = value.half()  # exact: quantize rounded every float to float16
         tensors[key] = value.detach().contiguous()
     tensors_path = out / TENSORS
     _atomic_write(tensors_path, lambda tmp: save_file(tensors, tmp))
@@ -177,6 +180,16 @@ def load(path: str | Path) -> QuantizedModel:
     config = PTQConfig.from_dict(meta["config"])
     model = build_from_source(meta["source"])
     float_gm = fold_batchnorm(capture(model))
+    if config.mode is Mode.FLOAT16:
+        gm16 = copy.deepcopy(float_gm)
+        state16 = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+        try:
+            gm16.load_state_dict(state16, strict=True)
+        except RuntimeError as e:
+            raise ArtifactError(f"{tensors_path}: does not fit the rebuilt model: {e}") from e
+        from edgeq.graph.insert import PlacementReport
+
+        return QuantizedModel(gm16, None, config, PlacementReport(), 0.0, dict(meta["source"]))
     static = config.mode is Mode.STATIC
     gm, report = prepare(
         copy.deepcopy(float_gm),

@@ -256,6 +256,25 @@ def _pair(v) -> list[int]:
     return [int(v), int(v)] if isinstance(v, int) else [int(a) for a in v]
 
 
+def _store_float16(model: onnx.ModelProto) -> None:
+    """Float32 initializers become float16 (exact: their values were rounded to
+    float16 when quantizing) followed by a Cast back to float32."""
+    casts = []
+    for init in model.graph.initializer:
+        if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < 16:
+            continue
+        values = numpy_helper.to_array(init)
+        half = values.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), values):
+            raise ExportError(f"initializer {init.name} is not float16-representable")
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(half, f"{name}_fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}_fp16"], [name], to=TensorProto.FLOAT))
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(casts + nodes)
+
+
 def build_onnx(
     gm: fx.GraphModule,
     example_input: torch.Tensor | tuple[torch.Tensor, ...],
@@ -321,6 +340,12 @@ def export_onnx(
         ExportError: a node has no ONNX translation, or the model is weight-only
             (its ONNX export is not built yet: use `edgeq.save`).
     """
+    float16 = False
+    if isinstance(model, QuantizedModel) and model.config.mode is Mode.FLOAT16:
+        float16, quantized = quantized, False
+        model = model.module if float16 else model.float_module  # type: ignore[assignment]
+        if model is None:
+            raise ExportError("this model was loaded from an artifact: it has no float graph")
     if isinstance(model, QuantizedModel):
         if model.config.mode is not Mode.STATIC and quantized:
             raise ExportError(
@@ -333,6 +358,8 @@ def export_onnx(
     else:
         gm = model
     onnx_model = build_onnx(gm, example_input, quantized=quantized)
+    if float16:
+        _store_float16(onnx_model)
     for k, v in (metadata or {}).items():
         onnx_model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     path = Path(path)

@@ -90,12 +90,12 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         "calibration": calib_desc,
         "recipe": json.dumps(recipe, sort_keys=True),
     }
-    static = config.mode is Mode.STATIC
+    has_onnx = config.mode in (Mode.STATIC, Mode.FLOAT16)  # weight-only: artifact only
     fp32_path = edgeq.export_onnx(
         qm, out / "fp32.onnx", example, quantized=False, metadata=provenance
     )
     q_path = None
-    if static:
+    if has_onnx:
         q_path = edgeq.export_onnx(qm, out / "quantized.onnx", example, metadata=provenance)
     edgeq.save(qm, out / "model")
 

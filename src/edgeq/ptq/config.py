@@ -29,10 +29,13 @@ class Mode(StrEnum):
     - ``static``: weights and activations (W8A8), integer kernels end to end.
     - ``weight_only``: weights only (int8 or int4, per channel or per group), stored
       packed; activations stay float (smallest files; no integer kernels).
+    - ``float16``: every float parameter rounded to float16 and stored so (half the
+      size); computation stays float32 (ONNX: float16 initializers + Cast).
     """
 
     STATIC = "static"
     WEIGHT_ONLY = "weight_only"
+    FLOAT16 = "float16"
 
 
 def _default_weight_spec() -> QuantSpec:

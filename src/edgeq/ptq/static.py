@@ -81,6 +81,15 @@ def quantize(
     source = getattr(model, "edgeq_source", None)
     float_gm = fold_batchnorm(capture(model))
     gm = copy.deepcopy(float_gm)
+    if config.mode is Mode.FLOAT16:
+        gm = copy.deepcopy(float_gm)
+        with torch.no_grad():
+            for t in [*gm.parameters(), *gm.buffers()]:
+                if t.is_floating_point():
+                    t.copy_(t.half().float())  # float16-representable from now on
+        return QuantizedModel(
+            gm, float_gm, config, PlacementReport(), time.perf_counter() - t0, source
+        )
     static = config.mode is Mode.STATIC
     gm, report = prepare(
         gm,

@@ -123,6 +123,11 @@ def build_report(out: Path, metrics: dict[str, Any], errors: list[LayerError]) -
         doc.p("Kept in float: " + "; ".join(cov["float_ops"]) + ".")
 
     doc.h2("Per-layer error")
+    if not errors:
+        doc.p(
+            "No integer-quantized layers in this mode (float16 rounds every float "
+            "parameter to float16; the graph is otherwise unchanged)."
+        )
     if errors:
         doc.img(
             plots.per_layer_sqnr(errors, plot_dir / "per_layer_sqnr.png")
