@@ -115,3 +115,30 @@ def test_float16_mode_halves_the_files_and_restores_exactly(tmp_path):
     loaded = edgeq.load(edgeq.save(qm, tmp_path / "m"))
     with torch.no_grad():
         assert torch.equal(loaded(x), sim)
+
+
+def test_weight_only_models_export_to_onnx(tmp_path):
+    """int4 (packed, per group) and int8 (per channel) DequantizeLinear weights, opset
+    21: ONNX Runtime runs them; the int4 file is the smallest."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    x = _data()
+    sizes = {}
+    for bits, group in ((4, 32), (8, None)):
+        qm = edgeq.quantize(small_net(), [], edgeq.PTQConfig.weight_only(bits, group))
+        path = edgeq.export_onnx(qm, tmp_path / f"w{bits}.onnx", x[:1])
+        sizes[bits] = path.stat().st_size
+        model = onnx.load(str(path))
+        assert model.opset_import[0].version == 21
+        weights = [i for i in model.graph.initializer if i.name.endswith("_w_q")]
+        expected = onnx.TensorProto.INT4 if bits == 4 else onnx.TensorProto.INT8
+        assert {w.data_type for w in weights} == {expected}
+        out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"input": x.numpy()}
+        )[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(out, qm(x).numpy(), atol=1e-5)
+    fp32 = edgeq.export_onnx(qm, tmp_path / "f.onnx", x[:1], quantized=False)
+    assert sizes[4] < sizes[8] < 0.35 * fp32.stat().st_size

@@ -24,6 +24,7 @@ from edgeq.graph.insert import _is_identity_in_eval, _relu_kind, node_kind
 from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
 from edgeq.ptq.config import Mode
 from edgeq.ptq.static import QuantizedModel
+from edgeq.quant import Granularity, pack_bits
 
 OPSET = 17
 
@@ -41,6 +42,7 @@ class _Emitter:
         self.inits: list[onnx.TensorProto] = []
         self.names: dict[fx.Node, str] = {}
         self.qparams: dict[fx.Node, tuple[str, str]] = {}  # node -> (scale, zp) init names
+        self.min_opset = OPSET  # raised to 21 by int4 / blocked weights
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         # one input keeps the name "input"; several keep the model's argument names
         self.input_names = {
@@ -167,7 +169,11 @@ class _Emitter:
     def layer(self, node: fx.Node, x: str) -> str:
         m = self.modules[node.target]
         name = node.name
-        if self.quantized and isinstance(m, QuantConv2d | QuantLinear):
+        if self.quantized and isinstance(m, QuantConv2d | QuantLinear) and m.weight_only:
+            inputs = [x, self.weight_only_weight(m, name)]
+            if m.bias is not None:
+                inputs.append(self.init(f"{name}_b", m.bias.detach().numpy().astype(np.float32)))
+        elif self.quantized and isinstance(m, QuantConv2d | QuantLinear):
             w_levels = m.weight_levels().numpy().astype(np.int8)
             axis_scale = self.init(f"{name}_w_scale", m.weight_scale.numpy().astype(np.float32))
             w_q = self.init(f"{name}_w_q", w_levels)
@@ -246,6 +252,34 @@ class _Emitter:
             for u in node.users
         )
 
+    def weight_only_weight(self, m: QuantConv2d | QuantLinear, name: str) -> str:
+        """DequantizeLinear of int8 or packed int4 weights, per channel (axis 0) or per
+        group of input channels (axis 1, ``block_size``): opset 21."""
+        spec = m.weight_spec
+        levels = m.weight_levels()
+        if spec.bits == 8:
+            self.inits.append(
+                numpy_helper.from_array(levels.numpy().astype(np.int8), f"{name}_w_q")
+            )
+        elif spec.bits == 4:
+            packed = pack_bits(levels.flatten(), 4, signed=True).numpy().tobytes()
+            self.inits.append(
+                helper.make_tensor(
+                    f"{name}_w_q", TensorProto.INT4, list(levels.shape), packed, raw=True
+                )
+            )
+        else:
+            raise ExportError(
+                f"{m.layer_name}: weight-only ONNX export takes 4 or 8 bits, not {spec.bits}"
+            )
+        self.min_opset = 21
+        scale = self.init(f"{name}_w_scale", m.weight_scale.numpy().astype(np.float32))
+        attrs: dict[str, int] = {"axis": 0}
+        if spec.granularity is Granularity.PER_GROUP:
+            assert spec.group_size is not None
+            attrs = {"axis": 1, "block_size": spec.group_size}
+        return self.add("DequantizeLinear", [f"{name}_w_q", scale], f"{name}_w", **attrs)
+
     def clip6(self, x: str, name: str) -> str:
         lo = self.init(f"{name}_clip_lo", np.array(0.0, np.float32))
         hi = self.init(f"{name}_clip_hi", np.array(6.0, np.float32))
@@ -316,9 +350,9 @@ def build_onnx(
         initializer=em.inits,
     )
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgeq"
+        graph, opset_imports=[helper.make_opsetid("", em.min_opset)], producer_name="edgeq"
     )
-    model.ir_version = 8
+    model.ir_version = 8 if em.min_opset <= 17 else 10
     onnx.checker.check_model(model)
     return model
 
@@ -337,8 +371,7 @@ def export_onnx(
     its ``float_module``: the FP32 baseline with BatchNorm folded).
 
     Raises:
-        ExportError: a node has no ONNX translation, or the model is weight-only
-            (its ONNX export is not built yet: use `edgeq.save`).
+        ExportError: a node has no ONNX translation.
     """
     float16 = False
     if isinstance(model, QuantizedModel) and model.config.mode is Mode.FLOAT16:
@@ -347,11 +380,6 @@ def export_onnx(
         if model is None:
             raise ExportError("this model was loaded from an artifact: it has no float graph")
     if isinstance(model, QuantizedModel):
-        if model.config.mode is not Mode.STATIC and quantized:
-            raise ExportError(
-                f"ONNX export of mode={model.config.mode.value!r} models is not built yet; "
-                "save them with edgeq.save (packed artifact)"
-            )
         gm = model.module if quantized else model.float_module
         if gm is None:
             raise ExportError("this model was loaded from an artifact: it has no float graph")

@@ -29,7 +29,6 @@ import edgeq
 from edgeq.data import load_labeled_images
 from edgeq.evaluate.classification import as_predictor, predict, score
 from edgeq.evaluate.per_layer import per_layer_errors
-from edgeq.ptq.config import Mode
 from edgeq.recipe import dump, to_config
 from edgeq.report.build import build_report
 from edgeq.runs import write_text_atomic
@@ -90,7 +89,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         "calibration": calib_desc,
         "recipe": json.dumps(recipe, sort_keys=True),
     }
-    has_onnx = config.mode in (Mode.STATIC, Mode.FLOAT16)  # weight-only: artifact only
+    has_onnx = True  # every mode exports (weight-only: int8/int4 DequantizeLinear, opset 21)
     fp32_path = edgeq.export_onnx(
         qm, out / "fp32.onnx", example, quantized=False, metadata=provenance
     )
