@@ -142,3 +142,16 @@ def test_weight_only_models_export_to_onnx(tmp_path):
             np.testing.assert_allclose(out, qm(x).numpy(), atol=1e-5)
     fp32 = edgeq.export_onnx(qm, tmp_path / "f.onnx", x[:1], quantized=False)
     assert sizes[4] < sizes[8] < 0.35 * fp32.stat().st_size
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+
+
+def test_dynamic_models_save_and_load_bit_exact(tmp_path):
+    qm = edgeq.quantize(edgeq.load_model(f"{__name__}:mlp"), [], edgeq.PTQConfig(mode="dynamic"))
+    loaded = edgeq.load(edgeq.save(qm, tmp_path / "m"))
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qm(x))

@@ -400,7 +400,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true", help="replace an existing --out folder")
     q.add_argument("--dry-run", action="store_true", help="print the resolved recipe and stop")
     q.add_argument("--calib-images", type=int, help="calibration images (default 256)")
-    q.add_argument("--mode", help="static | weight_only | float16")
+    q.add_argument("--mode", help="static | weight_only | float16 | dynamic")
     q.add_argument("--target", help="portable | vnni")
     common(q)
 

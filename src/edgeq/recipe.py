@@ -1,6 +1,6 @@
 """Recipes: YAML that says everything the command-line flags say, and more.
 
-    mode: static                # static | weight_only | float16
+    mode: static                # static | weight_only | float16 | dynamic
     target: portable            # portable (every x86 CPU) | vnni
     weight: {bits: 8, granularity: per_channel, range_method: mse}
     activation: {bits: 8, signed: false, symmetric: false, range_method: percentile}
@@ -60,7 +60,10 @@ _SECTIONS = {
     "evaluation": {"images", "batch_size"},
     "bench": {"batch", "threads", "rounds"},
 }
-_CHOICES = {"mode": ["static", "weight_only", "float16"], "target": ["portable", "vnni"]}
+_CHOICES = {
+    "mode": ["static", "weight_only", "float16", "dynamic"],
+    "target": ["portable", "vnni"],
+}
 
 
 def _unknown(key: str, allowed: set[str] | list[str], where: str) -> RecipeError:

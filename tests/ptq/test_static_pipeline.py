@@ -322,3 +322,31 @@ def test_models_with_several_inputs_calibrate_through_a_callable(tmp_path):
         np.testing.assert_array_equal(ours, qm.module(image, depth).numpy())
     with pytest.raises(QuantInputError, match="did not run the model"):
         quantize(model, lambda m: None)
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 600), nn.ReLU(), nn.Linear(600, 10)
+    ).eval()
+
+
+def test_dynamic_quantization_is_bit_exact_against_onnxruntime(tmp_path):
+    """Linear layers with int8 weights and per-call uint8 inputs: ONNX Runtime fuses the
+    exported DynamicQuantizeLinear/MatMulInteger/Cast/Mul/Add into DynamicQuantizeMatMul,
+    and its outputs equal the simulation's, whatever the input range."""
+    model = mlp()
+    qm = quantize(model, [], PTQConfig(mode="dynamic"))
+    path = export_onnx(qm.module, tmp_path / "q.onnx", torch.randn(1, 64))
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert ops["DynamicQuantizeMatMul"] == 3
+    torch.manual_seed(1)
+    for scale in (0.1, 1.0, 10.0):
+        x = torch.randn(8, 64) * scale
+        with torch.no_grad():
+            sim, ref = qm.module(x).numpy(), model(x).numpy()
+        np.testing.assert_array_equal(sess.run(None, {"input": x.numpy()})[0], sim)
+        assert np.abs(sim - ref).max() < 0.05 * np.abs(ref).max()

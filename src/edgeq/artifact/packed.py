@@ -191,13 +191,21 @@ def load(path: str | Path) -> QuantizedModel:
 
         return QuantizedModel(gm16, None, config, PlacementReport(), 0.0, dict(meta["source"]))
     static = config.mode is Mode.STATIC
+    dynamic = config.mode is Mode.DYNAMIC
     gm, report = prepare(
         copy.deepcopy(float_gm),
         config.weight,
         config.activation if static else None,
         limit_pairs=static and config.target is Target.PORTABLE,
-        layer_bits=config.layer_bits,
+        layer_bits=(
+            (lambda name, m: config.layer_bits(name, m) if isinstance(m, torch.nn.Linear) else None)
+            if dynamic
+            else config.layer_bits
+        ),
     )
+    for m in gm.modules():
+        if dynamic and isinstance(m, QuantLinear):
+            m.dynamic = True
     gm.eval()
     layers = _layers_all(gm)
     for name, info in meta["layers"].items():

@@ -169,6 +169,8 @@ class _Emitter:
     def layer(self, node: fx.Node, x: str) -> str:
         m = self.modules[node.target]
         name = node.name
+        if self.quantized and isinstance(m, QuantLinear) and m.dynamic:
+            return self.dynamic_linear(node, m, x)
         if self.quantized and isinstance(m, QuantConv2d | QuantLinear) and m.weight_only:
             inputs = [x, self.weight_only_weight(m, name)]
             if m.bias is not None:
@@ -251,6 +253,30 @@ class _Emitter:
             and self.modules[u.target].nonnegative
             for u in node.users
         )
+
+    def dynamic_linear(self, node: fx.Node, m: QuantLinear, x: str) -> str:
+        """DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> Add (-> Relu)."""
+        name = node.name
+        w_t = m.weight_levels().numpy().astype(np.int8).T.copy()  # [in, out] for MatMul
+        w_q = self.init(f"{name}_w_q", w_t)
+        w_zp = self.init(f"{name}_w_zp", np.zeros(w_t.shape[1], np.int8))
+        xq, xs, xz = (f"{name}_xq", f"{name}_xs", f"{name}_xz")
+        self.nodes.append(
+            helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=f"{name}_dq")
+        )
+        acc = self.add("MatMulInteger", [xq, w_q, xz, w_zp], f"{name}_acc")
+        acc_f = self.add("Cast", [acc], f"{name}_accf", to=TensorProto.FLOAT)
+        ws = self.init(f"{name}_w_scale", m.weight_scale.numpy().astype(np.float32))
+        scale = self.add("Mul", [xs, ws], f"{name}_scale")
+        y = self.add("Mul", [acc_f, scale], f"{name}_y")
+        if m.bias is not None:
+            b = self.init(f"{name}_b", m.bias.detach().numpy().astype(np.float32))
+            y = self.add("Add", [y, b], f"{name}_yb")
+        if m.activation == "relu":
+            return self.add("Relu", [y], name)
+        if m.activation == "relu6":
+            return self.clip6(y, name)
+        return self.add("Identity", [y], name)
 
     def weight_only_weight(self, m: QuantConv2d | QuantLinear, name: str) -> str:
         """DequantizeLinear of int8 or packed int4 weights, per channel (axis 0) or per

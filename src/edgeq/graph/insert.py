@@ -180,7 +180,7 @@ def prepare(
         if layer_bits is not None:
             chosen = layer_bits(str(node.target), modules[node.target])
             if chosen is None:
-                report.float_ops.append(f"{node.target} (kept in float by an override)")
+                report.float_ops.append(f"{node.target} (kept in float by the config)")
                 continue
             bits = chosen
         activation = None

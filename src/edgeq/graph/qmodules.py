@@ -29,7 +29,12 @@ from edgeq.quant import (
     fake_quantize,
     quantize,
 )
-from edgeq.quant.kernels import qlinear_add, qlinear_global_average_pool, requantize_accumulator
+from edgeq.quant.kernels import (
+    dynamic_quantize_uint8,
+    qlinear_add,
+    qlinear_global_average_pool,
+    requantize_accumulator,
+)
 from edgeq.quant.saturation import limit_pairs, pair_safe_scale
 
 QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {}
@@ -143,6 +148,8 @@ class _WeightQuantMixin(nn.Module):
         self.input_spec: QuantSpec | None = None
         self.output_spec: QuantSpec | None = None
         self.quantized = False
+        # dynamic quantization: the input is quantized per call, from its own range
+        self.dynamic = False
         # True: compute what the integer kernels compute (evaluation, export checks);
         # False: float fake-quant with straight-through gradients (fine-tuning).
         self.integer_exact = True
@@ -150,7 +157,7 @@ class _WeightQuantMixin(nn.Module):
     @property
     def weight_only(self) -> bool:
         """Quantized without an input quantizer: float activations, dequantized weights."""
-        return self.quantized and self.input_spec is None
+        return self.quantized and self.input_spec is None and not self.dynamic
 
     def attach_io(
         self, input_quant: ActivationQuantizer, output_quant: ActivationQuantizer | None
@@ -234,8 +241,8 @@ class _WeightQuantMixin(nn.Module):
     def bias_levels(self) -> torch.Tensor | None:
         """int32 bias with scale ``input_scale * weight_scale`` (the runtime's format);
         None without a bias or when weight-only (the bias stays float)."""
-        if self.bias is None or self.weight_only:
-            return None
+        if self.bias is None or self.weight_only or self.dynamic:
+            return None  # the bias stays float (no fixed input scale to share)
         key = self._bias_key()
         cached = self.__dict__.get("_bias_cache")
         if cached is not None and cached[0] == key:
@@ -392,10 +399,27 @@ class QuantLinear(_WeightQuantMixin):
         self._init_quant(linear, weight_spec, activation, limit_pairs, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized and self.dynamic:
+            return self.dynamic_forward(x)
         if self.quantized and self.integer_exact and not self.weight_only:
             return self.integer_forward(x, lambda a, w: F.linear(a, w))
         w, b = self.sim_weight_bias()
         return self._activate(F.linear(x, w, b))
+
+    def dynamic_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> Add, as exported:
+        exact int32 accumulation, then ``f32(acc) * f32(s_x * s_w) + b``."""
+        xq, sx, zx = dynamic_quantize_uint8(x)
+        w = self.weight_levels().to(torch.float32)
+        a = xq - zx
+        if w.shape[1] * 255 * 128 < 2**24:
+            acc = F.linear(a, w)
+        else:  # exact in float64 (any order) for long reductions
+            acc = F.linear(a.double(), w.double()).to(torch.float32)
+        y = acc * (sx * self.weight_scale)
+        if self.bias is not None:
+            y = y + self.bias
+        return self._activate(y)
 
 
 def _levels(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:

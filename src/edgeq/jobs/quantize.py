@@ -192,7 +192,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         "latency": latency,
         "coverage": {
             "layers": len(qm.placement.quantized_layers)
-            + sum(1 for f in qm.placement.float_ops if "override" in f),
+            + sum(1 for f in qm.placement.float_ops if "by the config" in f),
             "quantized_layers": len(errors),
             "weight_bits": bits,
             "float_ops": qm.placement.float_ops,

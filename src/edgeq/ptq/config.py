@@ -31,11 +31,15 @@ class Mode(StrEnum):
       packed; activations stay float (smallest files; no integer kernels).
     - ``float16``: every float parameter rounded to float16 and stored so (half the
       size); computation stays float32 (ONNX: float16 initializers + Cast).
+    - ``dynamic``: linear layers get int8 weights ahead of time and quantize their
+      input to uint8 per call from its own range (ONNX DynamicQuantizeLinear +
+      MatMulInteger); no calibration. Other layers stay float.
     """
 
     STATIC = "static"
     WEIGHT_ONLY = "weight_only"
     FLOAT16 = "float16"
+    DYNAMIC = "dynamic"
 
 
 def _default_weight_spec() -> QuantSpec:

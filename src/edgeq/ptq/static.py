@@ -90,6 +90,22 @@ def quantize(
         return QuantizedModel(
             gm, float_gm, config, PlacementReport(), time.perf_counter() - t0, source
         )
+    if config.mode is Mode.DYNAMIC:
+        gm, report = prepare(
+            copy.deepcopy(float_gm),
+            config.weight,
+            None,
+            limit_pairs=False,
+            layer_bits=lambda name, m: (
+                config.layer_bits(name, m) if isinstance(m, nn.Linear) else None
+            ),
+        )
+        gm.eval()
+        for m in gm.modules():
+            if isinstance(m, QuantLinear):
+                m.dynamic = True
+        freeze(gm)
+        return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0, source)
     static = config.mode is Mode.STATIC
     gm, report = prepare(
         gm,
@@ -99,7 +115,7 @@ def quantize(
         layer_bits=config.layer_bits,
     )
     gm.eval()
-    unsupported = [f for f in report.float_ops if "override" not in f]
+    unsupported = [f for f in report.float_ops if "by the config" not in f]
     if unsupported and static:
         msg = (
             f"{len(unsupported)} op(s) stay in float (no integer kernel edgeq can place): "

@@ -100,3 +100,19 @@ def qlinear_global_average_pool(
 
 def _f64(x: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(x, dtype=_F64)
+
+
+def dynamic_quantize_uint8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ONNX DynamicQuantizeLinear: uint8 levels, scale and zero point of ``x``, from
+    its range extended to include 0: ``s = (max - min) / 255``,
+    ``z = saturate(rne(0 - min / s))``, ``q = saturate(rne(x / s) + z)``."""
+    x = x.to(_F32)
+    lo = torch.clamp(x.min(), max=0.0)
+    hi = torch.clamp(x.max(), min=0.0)
+    scale = (hi - lo) / _f32(255.0)
+    if float(scale) == 0.0:
+        zero = torch.zeros((), dtype=_F32)
+        return torch.zeros_like(x), scale, zero
+    zp = torch.clamp(torch.round(_f32(0.0) - lo / scale), 0, 255)
+    q = torch.clamp(torch.round(x / scale) + zp, 0, 255)
+    return q, scale, zp
