@@ -146,9 +146,6 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace, out: _Out) -> int:
-    from edgeq.jobs.quantize import QuantizeJob, run_quantize
-    from edgeq.runs import new_run_dir
-
     recipe = _recipe(
         args, {"calibration.images": args.calib_images, "mode": args.mode, "target": args.target}
     )
@@ -156,12 +153,22 @@ def cmd_quantize(args: argparse.Namespace, out: _Out) -> int:
         print(dump(recipe), end="")
         return 0
     _check_inputs(args)
+    weights = Path(args.weights) if args.weights else None
+    return _run_quantize_job(args, out, args.model, weights, recipe)
+
+
+def _run_quantize_job(
+    args: argparse.Namespace, out: _Out, model: str, weights: Path | None, recipe: dict[str, Any]
+) -> int:
+    from edgeq.jobs.quantize import QuantizeJob, run_quantize
+    from edgeq.runs import new_run_dir
+
     run_dir = new_run_dir(args.out, force=args.force)
     job = QuantizeJob(
-        model=args.model,
+        model=model,
         out=run_dir,
         recipe=recipe,
-        weights=Path(args.weights) if args.weights else None,
+        weights=weights,
         calib=Path(args.calib) if args.calib else None,
         eval=Path(args.eval) if args.eval else None,
         progress=not out.quiet,
@@ -173,32 +180,20 @@ def cmd_quantize(args: argparse.Namespace, out: _Out) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, out: _Out) -> int:
-    from edgeq.jobs.quantize import QuantizeJob, run_quantize
     from edgeq.models import mobilenet_v2_weights_path
-    from edgeq.runs import new_run_dir
 
     recipe = _recipe(args, {"calibration.images": args.calib_images})
     if args.dry_run:
         print(dump(recipe), end="")
         return 0
-    run_dir = new_run_dir(args.out, force=args.force)
+    _check_inputs(args)
     out.log(
         "edgeq demo: W8A8 post-training quantization of torchvision's pretrained "
         "MobileNetV2, offline"
     )
-    job = QuantizeJob(
-        model="torchvision:mobilenet_v2",
-        out=run_dir,
-        recipe=recipe,
-        weights=mobilenet_v2_weights_path(),
-        calib=Path(args.calib) if args.calib else None,
-        eval=Path(args.eval) if args.eval else None,
-        progress=not out.quiet,
-        log=out.log,
+    return _run_quantize_job(
+        args, out, "torchvision:mobilenet_v2", mobilenet_v2_weights_path(), recipe
     )
-    metrics = run_quantize(job)
-    out.result(_summary(metrics, run_dir), metrics)
-    return 0
 
 
 def cmd_sensitivity(args: argparse.Namespace, out: _Out) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from edgeq.atomic import write_text_atomic
+
+__all__ = ["RunFolderError", "new_run_dir", "write_text_atomic"]
 
 
 class RunFolderError(ValueError):
@@ -42,17 +44,3 @@ def new_run_dir(
             return p
         except FileExistsError:
             n += 1
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` so that ``path`` is either absent or complete."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

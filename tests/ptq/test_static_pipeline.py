@@ -350,3 +350,27 @@ def test_dynamic_quantization_is_bit_exact_against_onnxruntime(tmp_path):
             sim, ref = qm.module(x).numpy(), model(x).numpy()
         np.testing.assert_array_equal(sess.run(None, {"input": x.numpy()})[0], sim)
         assert np.abs(sim - ref).max() < 0.05 * np.abs(ref).max()
+
+
+class Pools(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(8 * 2 * 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.avg_pool2d(self.conv(x), kernel_size=3, stride=1, padding=1)
+        y = nn.functional.adaptive_avg_pool2d(self.pool(y), (2, 2))
+        return self.fc(torch.flatten(y, 1))
+
+
+def test_average_pools_export_as_float_ops(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    with pytest.warns(UserWarning, match="avg_pool2d.*pool.*adaptive_avg_pool2d"):
+        qm = quantize(Pools().eval(), [x])
+    with torch.no_grad():
+        sim = qm.module(x).numpy()
+    ours = _ort_logits(export_onnx(qm.module, tmp_path / "q.onnx", x[:1]), x)
+    np.testing.assert_allclose(ours, sim, atol=1e-5)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import fx
 
 from edgeq import __version__
+from edgeq.atomic import write_atomic
 from edgeq.graph.capture import capture
 from edgeq.graph.fold_bn import fold_batchnorm
 from edgeq.graph.insert import feeding_quantizer, prepare
@@ -56,18 +55,6 @@ def _layers(gm: fx.GraphModule) -> dict[str, QuantConv2d | QuantLinear]:
         for n, m in gm.named_modules()
         if isinstance(m, QuantConv2d | QuantLinear) and m.quantized
     }
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _sha256(path: Path) -> str:
@@ -124,7 +111,7 @@ def save(qmodel: QuantizedModel, path: str | Path) -> Path:
             value = value.half()  # exact: quantize rounded every float to float16
         tensors[key] = value.detach().contiguous()
     tensors_path = out / TENSORS
-    _atomic_write(tensors_path, lambda tmp: save_file(tensors, tmp))
+    write_atomic(tensors_path, lambda tmp: save_file(tensors, tmp))
     meta = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -135,7 +122,7 @@ def save(qmodel: QuantizedModel, path: str | Path) -> Path:
         "tensors_sha256": _sha256(tensors_path),
     }
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / META, lambda tmp: Path(tmp).write_text(text))
+    write_atomic(out / META, lambda tmp: Path(tmp).write_text(text))
     return out
 
 

@@ -42,50 +42,37 @@ def _mul(em: Any, node: fx.Node, ins: list[str]) -> str | None:
     return em.add("Mul", ins, node.name)
 
 
+_AVG_POOL_ARGS = (
+    "input",
+    "kernel_size",
+    "stride",
+    "padding",
+    "ceil_mode",
+    "count_include_pad",
+    "divisor_override",
+)
+
+
 def _avg_pool(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    """nn.AvgPool2d, or F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode,
+    count_include_pad, divisor_override) (Inception)."""
     m = em.modules.get(node.target)
-    if not isinstance(m, nn.AvgPool2d) or m.divisor_override is not None:
+    if isinstance(m, nn.AvgPool2d):
+        a = {name: getattr(m, name) for name in _AVG_POOL_ARGS[1:]}
+    else:
+        a = dict(zip(_AVG_POOL_ARGS, node.args, strict=False)) | dict(node.kwargs)
+    if a.get("divisor_override") is not None or a.get("kernel_size") is None:
         return None
-    k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
+    p = _pair(a.get("padding", 0))
     return em.add(
         "AveragePool",
         ins[:1],
         node.name,
-        kernel_shape=k,
-        strides=s,
+        kernel_shape=_pair(a["kernel_size"]),
+        strides=_pair(a.get("stride") or a["kernel_size"]),
         pads=p + p,
-        ceil_mode=int(m.ceil_mode),
-        count_include_pad=int(m.count_include_pad),
-    )
-
-
-def _avg_pool_fn(em: Any, node: fx.Node, ins: list[str]) -> str | None:
-    """F.avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-    count_include_pad=True, divisor_override=None) (Inception)."""
-    names = [
-        "input",
-        "kernel_size",
-        "stride",
-        "padding",
-        "ceil_mode",
-        "count_include_pad",
-        "divisor_override",
-    ]
-    args = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
-    if args.get("divisor_override") is not None or "kernel_size" not in args:
-        return None
-    k = _pair(args["kernel_size"])
-    s = _pair(args.get("stride") or args["kernel_size"])
-    p = _pair(args.get("padding", 0))
-    return em.add(
-        "AveragePool",
-        ins[:1],
-        node.name,
-        kernel_shape=k,
-        strides=s,
-        pads=p + p,
-        ceil_mode=int(bool(args.get("ceil_mode", False))),
-        count_include_pad=int(bool(args.get("count_include_pad", True))),
+        ceil_mode=int(bool(a.get("ceil_mode", False))),
+        count_include_pad=int(bool(a.get("count_include_pad", True))),
     )
 
 
@@ -180,7 +167,7 @@ FUNCTIONS: dict[Any, Translator] = {
     operator.mul: _mul,
     torch.mul: _mul,
     F.adaptive_avg_pool2d: _adaptive_avg_pool,
-    F.avg_pool2d: _avg_pool_fn,
+    F.avg_pool2d: _avg_pool,
     torch.permute: _permute,
 }
 MODULES: dict[type[nn.Module], Translator] = {

@@ -8,8 +8,6 @@ from the fx graph makes that explicit and deterministic (same model, same bytes)
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from edgeq.atomic import write_atomic
 from edgeq.export.float_ops import translator_for
 from edgeq.graph.insert import _is_identity_in_eval, _relu_kind, node_kind
 from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
@@ -416,15 +415,4 @@ def export_onnx(
         _store_float16(onnx_model)
     for k, v in (metadata or {}).items():
         onnx_model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        onnx.save(onnx_model, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomic(path, lambda tmp: onnx.save(onnx_model, tmp))
