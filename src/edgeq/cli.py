@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.recipe import RecipeError, dump, load_recipe, resolve
+from edgeq.report.document import fmt as _fmt
 
 
 class UserError(Exception):
@@ -71,14 +72,6 @@ class _Out:
 def _recipe(args: argparse.Namespace, flags: dict[str, Any]) -> dict[str, Any]:
     base = load_recipe(args.config) if getattr(args, "config", None) else {}
     return resolve(base, flags)
-
-
-def _fmt(v: Any, spec: str = ".3f") -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float) and v == float("inf"):
-        return "inf"
-    return format(v, spec)
 
 
 def _summary(metrics: dict[str, Any], out: Path) -> str:

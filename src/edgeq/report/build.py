@@ -7,16 +7,12 @@ from typing import Any
 
 from edgeq.evaluate.per_layer import LayerError
 from edgeq.report import plots
-from edgeq.report.document import Document
+from edgeq.report.document import Document, fmt
 from edgeq.runs import write_text_atomic
 
 
 def _f(v: Any, spec: str = ".3f") -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float) and v == float("inf"):
-        return "inf (identical)"
-    return format(v, spec)
+    return fmt(v, spec, inf="inf (identical)")
 
 
 def _mb(n: int | None) -> str:

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
+from typing import Any
+
+
+def fmt(v: Any, spec: str = ".3f", *, inf: str = "inf") -> str:
+    """A number for a table cell: "n/a" for None, ``inf`` for infinity."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, float) and v == float("inf"):
+        return inf
+    return format(v, spec)
 
 
 @dataclass
