@@ -374,3 +374,23 @@ def test_average_pools_export_as_float_ops(tmp_path):
         sim = qm.module(x).numpy()
     ours = _ort_logits(export_onnx(qm.module, tmp_path / "q.onnx", x[:1]), x)
     np.testing.assert_allclose(ours, sim, atol=1e-5)
+
+
+def test_linear_on_channels_last_tensors_exports_as_qgemm_bit_exact(tmp_path):
+    """Reshape -> Gemm -> Reshape, each Reshape repeating its tensor's Q/DQ: ONNX Runtime
+    fuses every linear layer into QGemm and the logits equal the simulation's."""
+    torch.manual_seed(0)
+    model = ChannelsLastMLP().eval()
+    x = torch.randn(4, 3, 6, 6)
+    with pytest.warns(UserWarning, match="stay in float"):
+        qm = quantize(model, [x])
+    path = export_onnx(qm.module, tmp_path / "q.onnx", x[:1])
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert ops["QGemm"] == 3
+    assert ops["Gemm"] == 0
+    with torch.no_grad():
+        sim = qm.module(x).numpy()
+    np.testing.assert_array_equal(_ort_logits(path, x), sim)

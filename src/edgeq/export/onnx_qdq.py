@@ -23,7 +23,7 @@ from edgeq.graph.insert import _is_identity_in_eval, _relu_kind, node_kind
 from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
 from edgeq.ptq.config import Mode
 from edgeq.ptq.static import QuantizedModel
-from edgeq.quant import Granularity, pack_bits
+from edgeq.quant import Granularity, QuantSpec, pack_bits
 
 OPSET = 17
 
@@ -166,6 +166,47 @@ class _Emitter:
         return out
 
     def layer(self, node: fx.Node, x: str) -> str:
+        """A conv or linear layer. A linear layer on an N-d input (channels last:
+        ConvNeXt, transformer MLPs) runs as a 2-d Gemm between two Reshapes; each
+        Reshape repeats the Q/DQ of the tensor it reshapes, so ONNX Runtime still
+        sees DQ -> Gemm -> Q (QGemm) and the values are those of the simulation."""
+        m = self.modules[node.target]
+        src = node.args[0]
+        meta = src.meta.get("tensor_meta") if isinstance(src, fx.Node) else None
+        if not isinstance(m, QuantLinear | nn.Linear) or meta is None or len(meta.shape) == 2:
+            return self._layer(node, x)
+        shape = list(meta.shape)
+        flat = self.init(f"{node.name}_flat", np.array([-1, shape[-1]], np.int64))
+        x2 = self.add("Reshape", [x, flat], f"{node.name}_in2d")
+        quantized = self.quantized and isinstance(m, QuantLinear) and m.input_spec is not None
+        if quantized:
+            x2 = self.qdq(
+                x2,
+                *self._qparams(m.input_scale, m.input_zero_point, m.input_spec, f"{node.name}_in"),
+                f"{node.name}_in2d",
+            )
+        y = self._layer(node, x2)
+        if quantized and m.output_spec is not None:
+            y = self.qdq(
+                y,
+                *self._qparams(
+                    m.output_scale, m.output_zero_point, m.output_spec, f"{node.name}_out"
+                ),
+                f"{node.name}_out2d",
+            )
+        back = self.init(
+            f"{node.name}_unflat", np.array([-1, *shape[1:-1], m.weight.shape[0]], np.int64)
+        )
+        return self.add("Reshape", [y, back], f"{node.name}_nd")
+
+    def _qparams(
+        self, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec, base: str
+    ) -> tuple[str, str]:
+        s = self.init(f"{base}_scale", scale.numpy().astype(np.float32))
+        z = self.init(f"{base}_zp", zero_point.numpy().astype(np.int8 if spec.signed else np.uint8))
+        return s, z
+
+    def _layer(self, node: fx.Node, x: str) -> str:
         m = self.modules[node.target]
         name = node.name
         if self.quantized and isinstance(m, QuantLinear) and m.dynamic:
@@ -210,14 +251,6 @@ class _Emitter:
             )
         else:
             assert isinstance(m, QuantLinear | nn.Linear)
-            meta = (
-                node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
-            )
-            if meta is not None and len(meta.shape) != 2:
-                raise ExportError(
-                    f"node {node.name}: linear layer on a {len(meta.shape)}-d input; ONNX Gemm "
-                    "takes 2-d inputs and the MatMul form is not built yet"
-                )
             y = self.add("Gemm", inputs, name + ("_gemm" if activation else ""), transB=1)
         if activation is None:
             return y
