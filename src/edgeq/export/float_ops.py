@@ -114,6 +114,16 @@ def _batch_norm(em: Any, node: fx.Node, ins: list[str]) -> str | None:
     return em.add("BatchNormalization", [ins[0], *names], node.name, epsilon=float(m.eps))
 
 
+def _layer_norm_fn(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    """F.layer_norm(x, normalized_shape, weight, bias, eps) with parameter weights."""
+    shape = node.args[1] if len(node.args) > 1 else node.kwargs.get("normalized_shape")
+    eps = node.args[4] if len(node.args) > 4 else node.kwargs.get("eps", 1e-5)
+    if shape is None or len(ins) != 3:
+        return None
+    axis = -len(shape) if isinstance(shape, list | tuple) else -1
+    return em.add("LayerNormalization", ins, node.name, axis=axis, epsilon=float(eps))
+
+
 def _mean(em: Any, node: fx.Node, ins: list[str]) -> str | None:
     dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
@@ -168,6 +178,7 @@ FUNCTIONS: dict[Any, Translator] = {
     torch.mul: _mul,
     F.adaptive_avg_pool2d: _adaptive_avg_pool,
     F.avg_pool2d: _avg_pool,
+    F.layer_norm: _layer_norm_fn,
     torch.permute: _permute,
 }
 MODULES: dict[type[nn.Module], Translator] = {

@@ -101,9 +101,16 @@ class _Emitter:
             return self.add("Relu", [x], name)
         if kind == "output":
             return x
+        if kind == "attr":  # a parameter or buffer used directly (layer scale, LN weight)
+            value: object = self.gm
+            for part in str(node.target).split("."):
+                value = getattr(value, part, None)
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                return self.init(name, value.detach().float().numpy())
         translate = translator_for(node, self.modules)
         if translate is not None:
-            ins = [self.names[a] for a in node.args if isinstance(a, fx.Node)]
+            args = [*node.args, *node.kwargs.values()]
+            ins = [self.names[a] for a in args if isinstance(a, fx.Node)]
             out = translate(self, node, ins)
             if out is not None:
                 return out
@@ -115,7 +122,7 @@ class _Emitter:
         if (
             isinstance(m, nn.Dropout | nn.Identity)
             or node.target is torch.nn.functional.dropout
-            or _is_identity_in_eval(node)
+            or _is_identity_in_eval(node, self.modules)
         ):
             out = x
         elif isinstance(m, nn.MaxPool2d) or node.target is torch.nn.functional.max_pool2d:

@@ -57,8 +57,12 @@ def _relu_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     return None
 
 
-def _is_identity_in_eval(node: fx.Node) -> bool:
-    """torchvision.ops.stochastic_depth traced in eval mode (training=False): identity."""
+def _is_identity_in_eval(node: fx.Node, modules: dict[str, nn.Module] | None = None) -> bool:
+    """torchvision.ops.stochastic_depth traced in eval mode (training=False), or a
+    StochasticDepth module in eval mode: identity."""
+    if node.op == "call_module" and modules is not None:
+        m = modules.get(str(node.target))
+        return type(m).__name__ == "StochasticDepth" and not m.training
     target = node.target
     if getattr(target, "__name__", "") != "stochastic_depth":
         return False
@@ -89,6 +93,8 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
             return "pass"
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
             return "gap"
+        if _is_identity_in_eval(node, modules):
+            return "pass"
     if node.op == "call_function":
         if node.target in ADD_TARGETS:
             return "add"
