@@ -6,7 +6,7 @@
     activation: {bits: 8, signed: false, symmetric: false, range_method: percentile}
     calibration: {images: 256, batch_size: 32}
     evaluation: {images: null, batch_size: 50}
-    bench: {batch: [1, 32], threads: 2, rounds: 20}
+    bench: {batch: [1, 32], threads: 2, rounds: 20}   # batch 1: 10x the rounds
     overrides:                  # first match wins; module names or globs
       - {match: features.0.*, bits: 8}
       - {match: classifier.*, float: true}

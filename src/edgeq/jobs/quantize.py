@@ -155,7 +155,9 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         for b in bench["batch"]:
             job.log(f"measuring latency at batch {b}")
             x = calib_x[:1].expand(b, *calib_x.shape[1:]).contiguous().numpy()
-            t = measure_latency(sessions, x, rounds=bench["rounds"])
+            # batch-1 runs take milliseconds: 10x the rounds for a stable median
+            rounds = bench["rounds"] * (10 if b == 1 else 1)
+            t = measure_latency(sessions, x, rounds=rounds)
             latency[str(b)] = {
                 "fp32_ms": 1000 * t["fp32"],
                 "quantized_ms": 1000 * t["quantized"],
