@@ -13,7 +13,6 @@ way `edgeq.quantize` does, and the stored levels and qparams are put back.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
@@ -27,7 +26,7 @@ from edgeq import __version__
 from edgeq.atomic import write_atomic
 from edgeq.graph.capture import capture
 from edgeq.graph.fold_bn import fold_batchnorm
-from edgeq.graph.insert import feeding_quantizer, prepare
+from edgeq.graph.insert import feeding_quantizer
 from edgeq.graph.qmodules import (
     ActivationQuantizer,
     IntegerOp,
@@ -35,8 +34,8 @@ from edgeq.graph.qmodules import (
     QuantLinear,
 )
 from edgeq.models.loaders import build_from_source
-from edgeq.ptq.config import Mode, PTQConfig, Target
-from edgeq.ptq.static import QuantizedModel, output_quantizer
+from edgeq.ptq.config import Mode, PTQConfig
+from edgeq.ptq.static import QuantizedModel, output_quantizer, rewrite
 from edgeq.quant import pack_bits, unpack_bits
 
 FORMAT = "edgeq-packed"
@@ -49,11 +48,13 @@ class ArtifactError(ValueError):
     """An artifact cannot be written or read (names the file and the reason)."""
 
 
-def _layers(gm: fx.GraphModule) -> dict[str, QuantConv2d | QuantLinear]:
+def _layers(
+    gm: fx.GraphModule, *, quantized_only: bool = True
+) -> dict[str, QuantConv2d | QuantLinear]:
     return {
         n: m
         for n, m in gm.named_modules()
-        if isinstance(m, QuantConv2d | QuantLinear) and m.quantized
+        if isinstance(m, QuantConv2d | QuantLinear) and (m.quantized or not quantized_only)
     }
 
 
@@ -167,34 +168,15 @@ def load(path: str | Path) -> QuantizedModel:
     config = PTQConfig.from_dict(meta["config"])
     model = build_from_source(meta["source"])
     float_gm = fold_batchnorm(capture(model))
+    gm, report = rewrite(float_gm, config)
     if config.mode is Mode.FLOAT16:
-        gm16 = copy.deepcopy(float_gm)
         state16 = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
         try:
-            gm16.load_state_dict(state16, strict=True)
+            gm.load_state_dict(state16, strict=True)
         except RuntimeError as e:
             raise ArtifactError(f"{tensors_path}: does not fit the rebuilt model: {e}") from e
-        from edgeq.graph.insert import PlacementReport
-
-        return QuantizedModel(gm16, None, config, PlacementReport(), 0.0, dict(meta["source"]))
-    static = config.mode is Mode.STATIC
-    dynamic = config.mode is Mode.DYNAMIC
-    gm, report = prepare(
-        copy.deepcopy(float_gm),
-        config.weight,
-        config.activation if static else None,
-        limit_pairs=static and config.target is Target.PORTABLE,
-        layer_bits=(
-            (lambda name, m: config.layer_bits(name, m) if isinstance(m, torch.nn.Linear) else None)
-            if dynamic
-            else config.layer_bits
-        ),
-    )
-    for m in gm.modules():
-        if dynamic and isinstance(m, QuantLinear):
-            m.dynamic = True
-    gm.eval()
-    layers = _layers_all(gm)
+        return QuantizedModel(gm, None, config, report, 0.0, dict(meta["source"]))
+    layers = _layers(gm, quantized_only=False)
     for name, info in meta["layers"].items():
         if name not in layers:
             raise ArtifactError(f"{folder}: layer {name!r} is not in the rebuilt model")
@@ -236,7 +218,3 @@ def load(path: str | Path) -> QuantizedModel:
                 [feeding_quantizer(a, modules) for a in node.args], output_quantizer(node, modules)
             )
     return QuantizedModel(gm, None, config, report, 0.0, dict(meta["source"]))
-
-
-def _layers_all(gm: fx.GraphModule) -> dict[str, QuantConv2d | QuantLinear]:
-    return {n: m for n, m in gm.named_modules() if isinstance(m, QuantConv2d | QuantLinear)}

@@ -7,6 +7,8 @@ import fnmatch
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from torch import nn
+
 from edgeq.quant import QuantSpec, SpecError
 
 
@@ -112,7 +114,10 @@ class PTQConfig:
         return next((o for o in self.overrides if o.matches(name)), None)
 
     def layer_bits(self, name: str, module: object) -> int | None:
-        """Weight bits for one layer (None: keep in float)."""
+        """Weight bits for one layer (None: keep in float). Dynamic mode quantizes
+        linear layers only."""
+        if self.mode is Mode.DYNAMIC and not isinstance(module, nn.Linear):
+            return None
         o = self.override_for(name)
         if o is not None:
             return None if o.float else o.bits

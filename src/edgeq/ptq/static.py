@@ -48,6 +48,28 @@ def _batches(data: Iterable) -> Iterable[torch.Tensor]:
         yield x
 
 
+def rewrite(float_gm: fx.GraphModule, config: PTQConfig) -> tuple[fx.GraphModule, PlacementReport]:
+    """A copy of the BN-folded graph rewritten for ``config.mode`` (quantized modules and
+    quantizers placed, not yet calibrated). Shared by `quantize` and `edgeq.load`."""
+    gm = copy.deepcopy(float_gm)
+    if config.mode is Mode.FLOAT16:  # the graph is unchanged; only values are rounded
+        return gm, PlacementReport()
+    static = config.mode is Mode.STATIC
+    gm, report = prepare(
+        gm,
+        config.weight,
+        config.activation if static else None,
+        limit_pairs=static and config.target is Target.PORTABLE,
+        layer_bits=config.layer_bits,
+    )
+    if config.mode is Mode.DYNAMIC:
+        for m in gm.modules():
+            if isinstance(m, QuantLinear):
+                m.dynamic = True
+    gm.eval()
+    return gm, report
+
+
 @torch.no_grad()
 def quantize(
     model: nn.Module,
@@ -80,41 +102,14 @@ def quantize(
     t0 = time.perf_counter()
     source = getattr(model, "edgeq_source", None)
     float_gm = fold_batchnorm(capture(model))
-    gm = copy.deepcopy(float_gm)
+    gm, report = rewrite(float_gm, config)
     if config.mode is Mode.FLOAT16:
-        gm = copy.deepcopy(float_gm)
         with torch.no_grad():
             for t in [*gm.parameters(), *gm.buffers()]:
                 if t.is_floating_point():
                     t.copy_(t.half().float())  # float16-representable from now on
-        return QuantizedModel(
-            gm, float_gm, config, PlacementReport(), time.perf_counter() - t0, source
-        )
-    if config.mode is Mode.DYNAMIC:
-        gm, report = prepare(
-            copy.deepcopy(float_gm),
-            config.weight,
-            None,
-            limit_pairs=False,
-            layer_bits=lambda name, m: (
-                config.layer_bits(name, m) if isinstance(m, nn.Linear) else None
-            ),
-        )
-        gm.eval()
-        for m in gm.modules():
-            if isinstance(m, QuantLinear):
-                m.dynamic = True
-        freeze(gm)
         return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0, source)
     static = config.mode is Mode.STATIC
-    gm, report = prepare(
-        gm,
-        config.weight,
-        config.activation if static else None,
-        limit_pairs=static and config.target is Target.PORTABLE,
-        layer_bits=config.layer_bits,
-    )
-    gm.eval()
     unsupported = [f for f in report.float_ops if "by the config" not in f]
     if unsupported and static:
         msg = (
@@ -124,7 +119,7 @@ def quantize(
         if config.strict:
             raise QuantInputError(msg + " (strict=True)")
         warnings.warn(msg, stacklevel=2)
-    if not static:  # weight-only: no activation ranges to calibrate
+    if not static:  # weight-only, dynamic: no activation ranges to calibrate
         freeze(gm)
         return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0, source)
     if callable(calib_data) and not isinstance(calib_data, nn.Module | torch.Tensor):
@@ -184,11 +179,3 @@ def output_quantizer(node: fx.Node, modules: dict[str, nn.Module]) -> Activation
     if len(node.users) == 1 and len(users) == 1 and isinstance(users[0], ActivationQuantizer):
         return users[0]
     return None
-
-
-def input_quantizer(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationQuantizer:
-    """The quantizer that feeds ``node`` (through pass-through ops)."""
-    q = feeding_quantizer(node.args[0], modules)
-    if q is None:
-        raise RuntimeError(f"{node.target}: no activation quantizer feeds this layer")
-    return q
