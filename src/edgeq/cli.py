@@ -378,7 +378,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
     q = sub.add_parser("quantize", help="quantize a model; write a run folder and a report")
-    q.add_argument("model", help="torchvision:NAME | package.module:factory")
+    q.add_argument(
+        "model",
+        help="torchvision:NAME | package.module:factory | a .pt2 or TorchScript file",
+    )
     q.add_argument(
         "--calib", required=True, help="image folder (class subfolders or images/ + labels.csv)"
     )

@@ -37,13 +37,6 @@ def test_pickled_code_is_refused(tmp_path):
         load_state_dict_file(path)
 
 
-def test_torchscript_files_are_refused_with_the_reason(tmp_path):
-    path = tmp_path / "m.pt"
-    torch.jit.script(small()).save(str(path))
-    with pytest.raises(ModelLoadError, match=r"a TorchScript file.*module:function"):
-        load_model(str(path))
-
-
 def test_factory_reference():
     model = load_model(f"{__name__}:small")
     assert isinstance(model[0], nn.Conv2d)

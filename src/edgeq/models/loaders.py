@@ -5,9 +5,8 @@ References:
 - ``torchvision:NAME``: a torchvision architecture (``torchvision.models.get_model``),
   weights from a local file (``weights=``); without one, random initialization.
 - ``package.module:factory``: any Python callable returning an ``nn.Module``.
-- a ``.pt2`` (torch.export ExportedProgram) or TorchScript file: recognised and refused
-  with the reason (edgeq rewrites the Python module graph with torch.fx, which neither
-  format keeps); pass the ``module:factory`` that builds the model instead.
+- a ``.pt2`` (torch.export ExportedProgram) or TorchScript file: its ATen graph is
+  lifted back into modules (`edgeq.models.exported`); weights come from the file.
 
 The returned model carries ``edgeq_source`` (a JSON-able dict), which
 `edgeq.save` writes so that `edgeq.load` can rebuild the architecture without
@@ -17,12 +16,21 @@ unpickling code.
 from __future__ import annotations
 
 import importlib
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from edgeq.models.exported import (
+    DEFAULT_INPUT_SHAPE,
+    ModelFileError,
+    describe,
+    file_kind,
+    load_model_file,
+    sha256_of,
+    source_for,
+)
 
 
 class ModelLoadError(ValueError):
@@ -99,6 +107,8 @@ def build_from_source(source: dict[str, Any]) -> nn.Module:
         model = factory()
         if not isinstance(model, nn.Module):
             raise ModelLoadError(f"{ref}: returned {type(model).__name__}, not an nn.Module")
+    elif kind in ("torchscript", "exported_program"):
+        return _from_file_source(source)
     else:
         raise ModelLoadError(f"unknown model source {source!r}")
     model.eval()
@@ -106,36 +116,49 @@ def build_from_source(source: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _refuse_file(p: Path) -> None:
-    if zipfile.is_zipfile(p):
-        with zipfile.ZipFile(p) as z:
-            names = z.namelist()
-        if any(n.endswith("constants.pkl") for n in names) and any("code/" in n for n in names):
-            what = "a TorchScript file"
-        elif (
-            any(
-                n.endswith(("serialized_exported_program.json", "models/model.json")) for n in names
-            )
-            or p.suffix == ".pt2"
-        ):
-            what = "an ExportedProgram (.pt2) file"
-        else:
-            what = "a checkpoint (weights only)"
-    else:
-        what = "not a model file edgeq can read"
-    raise ModelLoadError(
-        f"{p}: {what}. edgeq rewrites the Python module graph (torch.fx), which "
-        "TorchScript and ExportedProgram files do not keep; pass the Python factory "
-        "instead (MODEL=package.module:function) with --weights FILE"
-    )
+def _file_model(path: Path, input_shape: tuple[int, ...]) -> nn.Module:
+    kind = file_kind(path)
+    if kind not in ("torchscript", "exported_program"):
+        hint = (
+            "; pass the architecture (torchvision:NAME or package.module:factory) "
+            f"with --weights {path}"
+            if kind == "checkpoint"
+            else ""
+        )
+        raise ModelLoadError(f"{path}: {describe(kind)}{hint}")
+    source = source_for(path, kind, input_shape)
+    return _from_file_source(source)
 
 
-def load_model(ref: str, weights: str | Path | None = None) -> nn.Module:
+def _from_file_source(source: dict[str, Any]) -> nn.Module:
+    path = Path(source["path"])
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: model file not found")
+    if "sha256" in source and sha256_of(path) != source["sha256"]:
+        raise ModelLoadError(
+            f"{path}: the model file changed since this model was saved (SHA-256 differs)"
+        )
+    try:
+        model = load_model_file(path, source["kind"], tuple(source["input_shape"]))
+    except ModelFileError as e:
+        raise ModelLoadError(str(e)) from e
+    model.edgeq_source = dict(source)  # type: ignore[assignment]
+    return model
+
+
+def load_model(
+    ref: str,
+    weights: str | Path | None = None,
+    *,
+    input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
+) -> nn.Module:
     """Build the model named by ``ref`` (see the module docstring) in eval mode.
+
+    ``input_shape`` is the example input a TorchScript file is converted on.
 
     Raises:
         ModelLoadError: unknown architecture or factory, bad weights file, or a model
-            file format edgeq cannot rewrite (naming the reason).
+            file that cannot be read (naming the reason).
     """
     path = Path(ref)
     if ":" not in ref or path.exists():
@@ -143,7 +166,10 @@ def load_model(ref: str, weights: str | Path | None = None) -> nn.Module:
             raise ModelLoadError(
                 f"{ref!r}: not a file, and not torchvision:NAME or package.module:factory"
             )
-        _refuse_file(path)
+        model = _file_model(path, tuple(input_shape))
+        if weights is not None:
+            _apply_weights(model, weights, ref)
+        return model
     prefix, _, rest = ref.partition(":")
     if prefix == "torchvision":
         source = {"kind": "torchvision", "name": rest}
