@@ -167,6 +167,7 @@ def to_config(recipe: dict[str, Any]) -> PTQConfig:
         mode=recipe["mode"],
         overrides=tuple(overrides),
         bias_correction=False,
+        runtime_threads=int(recipe["bench"]["threads"]),  # what ORT runs with here
     )
 
 

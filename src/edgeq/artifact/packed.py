@@ -204,17 +204,19 @@ def load(path: str | Path) -> QuantizedModel:
             continue
         m = modules[node.target]
         if isinstance(m, QuantConv2d | QuantLinear) and node.target in meta["layers"]:
-            info = meta["layers"][node.target]
             src = feeding_quantizer(node.args[0], modules)
             if src is not None:
                 m.attach_io(src, output_quantizer(node, modules))
-            numel = int(torch.Size(info["shape"]).numel())
-            levels = unpack_bits(
-                tensors[f"{node.target}.weight_q"], info["bits"], signed=info["signed"], numel=numel
-            ).reshape(info["shape"])
-            m.set_levels(levels, tensors.get(f"{node.target}.bias_q"))
         elif isinstance(m, IntegerOp):
             m.freeze_io(
                 [feeding_quantizer(a, modules) for a in node.args], output_quantizer(node, modules)
             )
+    # levels last (the bias levels' scale needs the input scale attached above); layers
+    # inside other modules (an LSTM's products) are not graph nodes but are stored too
+    for name, info in meta["layers"].items():
+        numel = int(torch.Size(info["shape"]).numel())
+        levels = unpack_bits(
+            tensors[f"{name}.weight_q"], info["bits"], signed=info["signed"], numel=numel
+        ).reshape(info["shape"])
+        layers[name].set_levels(levels, tensors.get(f"{name}.bias_q"))
     return QuantizedModel(gm, None, config, report, 0.0, dict(meta["source"]))

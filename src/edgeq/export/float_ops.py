@@ -133,6 +133,19 @@ def _mean(em: Any, node: fx.Node, ins: list[str]) -> str | None:
     return em.add("ReduceMean", ins[:1], node.name, axes=axes, keepdims=int(bool(keepdim)))
 
 
+def _sum(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    """x.sum(dim, keepdim) / torch.sum: ReduceSum (its axes are an input since opset 13)."""
+    import numpy as np
+
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if dims is None or len(ins) != 1:
+        return None
+    axes = [int(d) for d in (dims if isinstance(dims, list | tuple) else [dims])]
+    at = em.init(f"{node.name}_axes", np.array(axes, np.int64))
+    return em.add("ReduceSum", [ins[0], at], node.name, keepdims=int(bool(keepdim)))
+
+
 def _permute(em: Any, node: fx.Node, ins: list[str]) -> str | None:
     dims = node.args[1:] if node.op == "call_method" else node.args[1]
     if len(dims) == 1 and isinstance(dims[0], list | tuple):
@@ -167,7 +180,39 @@ def _gelu(em: Any, node: fx.Node, ins: list[str]) -> str | None:
     return em.add("Mul", [t, half], node.name)
 
 
+def _getitem(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    """Basic tensor indexing, ``x[:, -1, 2:5]``: ints (Gather, the axis goes) and
+    slices (Slice); other index kinds (tensors, None, ...) are not translated."""
+    import numpy as np
+
+    index = node.args[1]
+    items = index if isinstance(index, tuple) else (index,)
+    if len(ins) != 1 or not all(isinstance(i, int | slice) for i in items):
+        return None
+    out, axis = ins[0], 0
+    for k, item in enumerate(items):
+        base = f"{node.name}_{k}"
+        if isinstance(item, int):
+            at = em.init(f"{base}_at", np.array(item, np.int64))
+            out = em.add("Gather", [out, at], base, axis=axis)
+            continue
+        if item != slice(None):
+            parts = (item.start or 0, 2**63 - 1 if item.stop is None else item.stop, item.step or 1)
+            if not all(isinstance(v, int) for v in parts):
+                return None
+            consts = [
+                em.init(f"{base}_{n}", np.array([v], np.int64))
+                for n, v in zip(
+                    ("start", "end", "axis", "step"), (*parts[:2], axis, parts[2]), strict=True
+                )
+            ]
+            out = em.add("Slice", [out, *consts], base)
+        axis += 1
+    return em.add("Identity", [out], node.name)
+
+
 FUNCTIONS: dict[Any, Translator] = {
+    operator.getitem: _getitem,
     torch.sigmoid: _unary("Sigmoid"),
     F.sigmoid: _unary("Sigmoid"),
     F.hardswish: _unary("HardSwish"),
@@ -180,6 +225,7 @@ FUNCTIONS: dict[Any, Translator] = {
     F.avg_pool2d: _avg_pool,
     F.layer_norm: _layer_norm_fn,
     torch.permute: _permute,
+    torch.sum: _sum,
 }
 MODULES: dict[type[nn.Module], Translator] = {
     nn.Sigmoid: _unary("Sigmoid"),
@@ -197,6 +243,7 @@ MODULES: dict[type[nn.Module], Translator] = {
 
 METHODS: dict[str, Translator] = {
     "mean": _mean,
+    "sum": _sum,
     "sigmoid": _unary("Sigmoid"),
     "permute": _permute,
 }

@@ -8,6 +8,7 @@ from the fx graph makes that explicit and deterministic (same model, same bytes)
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from edgeq.atomic import write_atomic
 from edgeq.export.float_ops import translator_for
 from edgeq.graph.insert import _is_identity_in_eval, _relu_kind, node_kind
+from edgeq.graph.qlstm import QuantLSTM
 from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
 from edgeq.ptq.config import Mode
 from edgeq.ptq.static import QuantizedModel
@@ -42,6 +44,7 @@ class _Emitter:
         self.names: dict[fx.Node, str] = {}
         self.qparams: dict[fx.Node, tuple[str, str]] = {}  # node -> (scale, zp) init names
         self.min_opset = OPSET  # raised to 21 by int4 / blocked weights
+        self.domains: set[str] = set()  # com.microsoft for DynamicQuantizeLSTM
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         # one input keeps the name "input"; several keep the model's argument names
         self.input_names = {
@@ -67,6 +70,10 @@ class _Emitter:
         x = self.names.get(src) if isinstance(src, fx.Node) else None
         if kind == "input":
             return self.input_names[node]
+        if node.op == "call_module" and isinstance(self.modules[node.target], nn.LSTM | QuantLSTM):
+            return self.lstm(node, x)
+        if node.target is operator.getitem and isinstance(self.names.get(src), tuple):
+            return self.names[src][node.args[1]]  # (output, (h_n, c_n)) of an LSTM
         if kind == "quantizer":
             m = self.modules[node.target]
             if not self.quantized:
@@ -345,6 +352,107 @@ class _Emitter:
             attrs = {"axis": 1, "block_size": spec.group_size}
         return self.add("DequantizeLinear", [f"{name}_w_q", scale], f"{name}_w", **attrs)
 
+    def lstm(self, node: fx.Node, x: str) -> tuple[str, tuple[str, str]]:
+        """One ONNX LSTM per layer (com.microsoft DynamicQuantizeLSTM when quantized);
+        returns the names of ``(output, (h_n, c_n))`` laid out as PyTorch's."""
+        m = self.modules[node.target]
+        name = node.name
+        quantized = self.quantized and isinstance(m, QuantLSTM) and m.l0_ih.quantized
+        directions = (
+            2 if (m.directions == 2 if isinstance(m, QuantLSTM) else m.bidirectional) else 1
+        )
+        state = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
+        if x is not None and m.batch_first:
+            x = self.add("Transpose", [x], f"{name}_tm", perm=[1, 0, 2])
+        h_parts, c_parts = [], []
+        for layer in range(m.num_layers):
+            base = f"{name}_l{layer}"
+            inputs = [x, *self._lstm_weights(m, layer, directions, quantized, base)]
+            inputs += ["", "", "", ""]  # sequence_lens, initial_h, initial_c, peepholes
+            if state is not None:
+                rows = (
+                    self.init(f"{base}_rows0", np.array([layer * directions], np.int64)),
+                    self.init(f"{base}_rows1", np.array([(layer + 1) * directions], np.int64)),
+                )
+                for k, src in ((5, state[0]), (6, state[1])):
+                    inputs[k] = self.add(
+                        "Slice", [self.names[src], *rows], f"{base}_{'hc'[k - 5]}0"
+                    )
+            if quantized:
+                inputs = inputs[:8] + self._lstm_scales(m, layer, directions, base)
+            outs = [f"{base}_y", f"{base}_h", f"{base}_c"]
+            self.nodes.append(
+                helper.make_node(
+                    "DynamicQuantizeLSTM" if quantized else "LSTM",
+                    inputs,
+                    outs,
+                    name=base,
+                    hidden_size=m.hidden_size,
+                    direction="bidirectional" if directions == 2 else "forward",
+                    **({"domain": "com.microsoft"} if quantized else {}),
+                )
+            )
+            if quantized:
+                self.domains.add("com.microsoft")
+            y = self.add("Transpose", [outs[0]], f"{base}_ybt", perm=[0, 2, 1, 3])
+            shape = self.init(f"{base}_yshape", np.array([0, 0, -1], np.int64))
+            x = self.add("Reshape", [y, shape], f"{base}_out")
+            h_parts.append(outs[1])
+            c_parts.append(outs[2])
+        out = self.add("Transpose", [x], f"{name}_out", perm=[1, 0, 2]) if m.batch_first else x
+        h_n = self.add("Concat", h_parts, f"{name}_h_n", axis=0)
+        c_n = self.add("Concat", c_parts, f"{name}_c_n", axis=0)
+        return out, (h_n, c_n)
+
+    @staticmethod
+    def _iofc(rows: torch.Tensor) -> torch.Tensor:
+        """PyTorch's gate order (i, f, g, o) along dim 0 to ONNX's (i, o, f, c)."""
+        i, f, g, o = rows.chunk(4, dim=0)
+        return torch.cat([i, o, f, g])
+
+    def _lstm_weights(
+        self, m: nn.Module, layer: int, directions: int, quantized: bool, base: str
+    ) -> list[str]:
+        ws: dict[str, list[np.ndarray]] = {"W": [], "R": [], "B": []}
+        for d in range(directions):
+            suffix = "_reverse" if d else ""
+            if isinstance(m, QuantLSTM):
+                ih, hh = m.products(layer, reverse=d == 1)
+                pairs = [(ih, "W"), (hh, "R")]
+                biases = [ih.bias, hh.bias]
+            else:
+                pairs = [
+                    (getattr(m, f"weight_ih_l{layer}{suffix}"), "W"),
+                    (getattr(m, f"weight_hh_l{layer}{suffix}"), "R"),
+                ]
+                biases = [getattr(m, f"bias_{k}_l{layer}{suffix}", None) for k in ("ih", "hh")]
+            for source, key in pairs:
+                if quantized:  # int8 levels, transposed to [input, 4 * hidden]
+                    levels = self._iofc(source.weight_levels()).to(torch.int8)
+                    ws[key].append(levels.T.contiguous().numpy())
+                else:
+                    w = source.weight if isinstance(source, QuantLinear) else source
+                    ws[key].append(self._iofc(w.detach()).float().numpy())
+            hidden4 = ws["W"][-1].shape[-1 if quantized else 0]
+            b = [
+                self._iofc(t.detach()).float() if t is not None else torch.zeros(hidden4)
+                for t in biases
+            ]
+            ws["B"].append(torch.cat(b).numpy())
+        return [self.init(f"{base}_{k}", np.stack(v)) for k, v in ws.items()]
+
+    def _lstm_scales(self, m: QuantLSTM, layer: int, directions: int, base: str) -> list[str]:
+        names = []
+        for k, which in (("W", 0), ("R", 1)):
+            scales = [
+                self._iofc(m.products(layer, d == 1)[which].weight_scale).numpy()
+                for d in range(directions)
+            ]
+            s = np.stack(scales).astype(np.float32)
+            names.append(self.init(f"{base}_{k}_scale", s))
+            names.append(self.init(f"{base}_{k}_zp", np.zeros(s.shape, np.int8)))
+        return names
+
     def clip6(self, x: str, name: str) -> str:
         lo = self.init(f"{name}_clip_lo", np.array(0.0, np.float32))
         hi = self.init(f"{name}_clip_hi", np.array(6.0, np.float32))
@@ -384,7 +492,7 @@ def build_onnx(
     # input shapes of every node (fixed-size pooling needs them)
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(*(x[:1] for x in examples))
+            ShapeProp(gm).propagate(*examples)
     except Exception as e:
         raise ExportError(f"cannot run the model on the example input: {e}") from e
     em = _Emitter(gm, quantized)
@@ -414,9 +522,9 @@ def build_onnx(
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)],
         initializer=em.inits,
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", em.min_opset)], producer_name="edgeq"
-    )
+    opsets = [helper.make_opsetid("", em.min_opset)]
+    opsets += [helper.make_opsetid(domain, 1) for domain in sorted(em.domains)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="edgeq")
     model.ir_version = 8 if em.min_opset <= 17 else 10
     onnx.checker.check_model(model)
     return model

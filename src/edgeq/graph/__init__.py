@@ -3,6 +3,7 @@ swap in quantized modules and place activation quantizers where the runtime fuse
 
 from edgeq.graph.capture import CaptureError, capture
 from edgeq.graph.fold_bn import fold_batchnorm
+from edgeq.graph.qlstm import QuantLSTM
 from edgeq.graph.qmodules import (
     ActivationQuantizer,
     IntegerOp,
@@ -19,6 +20,7 @@ __all__ = [
     "QuantAdd",
     "QuantConv2d",
     "QuantGlobalAvgPool",
+    "QuantLSTM",
     "QuantLinear",
     "capture",
     "fold_batchnorm",

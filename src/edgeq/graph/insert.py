@@ -87,8 +87,10 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
             return "add"
         if isinstance(m, QuantGlobalAvgPool):
             return "gap"
-        if type(m) in QUANT_MODULES or type(m) in QUANT_MODULES.values():
-            return "layer"
+        if type(m) in QUANT_MODULES.values() or (
+            type(m) in QUANT_MODULES and not getattr(QUANT_MODULES[type(m)], "dynamic_only", False)
+        ):
+            return "layer"  # an LSTM left in float returns a tuple: a float op, not a layer
         if isinstance(m, PASSTHROUGH_MODULES):
             return "pass"
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):

@@ -104,8 +104,14 @@ class PTQConfig:
     # coarse (MobileNetV2 with 4-bit depthwise weights loses most of its accuracy), and
     # they are about 2% of its weights. They get at least this many bits.
     min_depthwise_bits: int = 8
+    # Dynamic LSTMs only: ONNX Runtime splits a batch of more than one sequence into
+    # one block of rows per intra-op thread and quantizes each block's hidden state on
+    # its own; the simulation does the same for this many threads (1: the whole batch).
+    runtime_threads: int = 1
 
     def __post_init__(self) -> None:
+        if self.runtime_threads < 1:
+            raise SpecError(f"runtime_threads={self.runtime_threads} must be at least 1")
         object.__setattr__(self, "target", Target(self.target))
         object.__setattr__(self, "mode", Mode(self.mode))
         object.__setattr__(self, "overrides", tuple(self.overrides))
@@ -115,8 +121,10 @@ class PTQConfig:
 
     def layer_bits(self, name: str, module: object) -> int | None:
         """Weight bits for one layer (None: keep in float). Dynamic mode quantizes
-        linear layers only."""
-        if self.mode is Mode.DYNAMIC and not isinstance(module, nn.Linear):
+        linear and LSTM layers only; LSTMs are quantized in dynamic mode only."""
+        if self.mode is Mode.DYNAMIC and not isinstance(module, nn.Linear | nn.LSTM):
+            return None
+        if self.mode is not Mode.DYNAMIC and isinstance(module, nn.LSTM):
             return None
         o = self.override_for(name)
         if o is not None:
@@ -153,6 +161,7 @@ class PTQConfig:
             "overrides": [dataclasses.asdict(o) for o in self.overrides],
             "strict": self.strict,
             "min_depthwise_bits": self.min_depthwise_bits,
+            "runtime_threads": self.runtime_threads,
         }
 
     @classmethod
@@ -166,5 +175,6 @@ class PTQConfig:
             mode=d.get("mode", "static"),
             overrides=tuple(LayerOverride(**o) for o in d.get("overrides", ())),
             strict=d.get("strict", False),
+            runtime_threads=d.get("runtime_threads", 1),
             min_depthwise_bits=d.get("min_depthwise_bits", 8),
         )

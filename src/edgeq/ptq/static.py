@@ -14,6 +14,7 @@ from torch import fx, nn
 from edgeq.graph.capture import capture
 from edgeq.graph.fold_bn import fold_batchnorm
 from edgeq.graph.insert import PlacementReport, feeding_quantizer, prepare
+from edgeq.graph.qlstm import QuantLSTM
 from edgeq.graph.qmodules import ActivationQuantizer, IntegerOp, QuantConv2d, QuantLinear
 from edgeq.ptq.bias_correction import correct_biases
 from edgeq.ptq.config import Mode, PTQConfig, Target
@@ -66,6 +67,8 @@ def rewrite(float_gm: fx.GraphModule, config: PTQConfig) -> tuple[fx.GraphModule
         for m in gm.modules():
             if isinstance(m, QuantLinear):
                 m.dynamic = True
+            elif isinstance(m, QuantLSTM):
+                m.runtime_threads = config.runtime_threads
     gm.eval()
     return gm, report
 
@@ -163,7 +166,9 @@ def freeze(gm: fx.GraphModule) -> None:
         if node.op != "call_module":
             continue
         m = modules[node.target]
-        if isinstance(m, QuantConv2d | QuantLinear):
+        if isinstance(m, QuantLSTM):
+            m.freeze_weights()
+        elif isinstance(m, QuantConv2d | QuantLinear):
             src = feeding_quantizer(node.args[0], modules)
             if src is None and any(isinstance(q, ActivationQuantizer) for q in modules.values()):
                 raise RuntimeError(f"{node.target}: no activation quantizer feeds this layer")
