@@ -6,8 +6,12 @@
 Random weights (nothing downloaded), 2 calibration inputs, min-max weight ranges and
 target="vnni" (coverage of graph rewriting, export and kernels; not accuracy). Each
 model runs in its own process with a time limit: quantize (static W8A8), export, run
-in ONNX Runtime, compare with the simulation; or the exact error edgeq raised. Models
-above --max-params are listed as not run (this machine's time and memory).
+in ONNX Runtime, compare with the simulation; or the exact error edgeq raised. A model
+whose torch.fx capture does not export is retried with ``capture="export"``
+(torch.export, lifted back into modules); the table says which capture ran. Linear
+layers that torchvision initializes to zero (ViT's head) get N(0, 0.02) weights, so
+that the comparison with ONNX Runtime sees nonzero logits. Models above --max-params
+are listed as not run (this machine's time and memory).
 Writes torchvision_coverage.json and .md.
 """
 
@@ -29,6 +33,8 @@ def _one(name: str, q: mp.Queue) -> None:
     import torch
 
     import edgeq
+    from edgeq.export import ExportError
+    from edgeq.graph.lift import export_and_lift
     from edgeq.quant import QuantSpec
     from edgeq.runtime import ort_session
 
@@ -38,6 +44,10 @@ def _one(name: str, q: mp.Queue) -> None:
     try:
         torch.manual_seed(0)
         model = edgeq.load_model(f"torchvision:{name}")
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.Linear) and not m.weight.any():
+                    m.weight.normal_(0, 0.02)
         res["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
         size = 299 if name == "inception_v3" else 224
         x = torch.randn(2, 3, size, size)
@@ -47,13 +57,23 @@ def _one(name: str, q: mp.Queue) -> None:
             weight=QuantSpec(bits=8, granularity="per_channel", axis=0, range_method="minmax"),
             target="vnni",
         )
-        qm = edgeq.quantize(model, [x], cfg)
-        res["float_ops"] = len(qm.placement.float_ops)
-        res["float_op_names"] = qm.placement.float_ops[:8]
-        with tempfile.TemporaryDirectory() as d:
-            path = edgeq.export_onnx(qm, Path(d) / "q.onnx", x[:1])
-            sess = ort_session(path)
-            ours = sess.run(None, {"input": x.numpy()})[0]
+        for capture in ("fx", "export"):
+            if capture == "export":
+                model = export_and_lift(model, (x,))
+            qm = edgeq.quantize(model, [x], cfg)
+            res["capture"] = capture
+            res["float_ops"] = len(qm.placement.float_ops)
+            res["float_op_names"] = qm.placement.float_ops[:8]
+            try:
+                with tempfile.TemporaryDirectory() as d:
+                    path = edgeq.export_onnx(qm, Path(d) / "q.onnx", x[:1])
+                    sess = ort_session(path)
+                    ours = sess.run(None, {"input": x.numpy()})[0]
+                break
+            except ExportError as e:
+                if capture == "export":
+                    raise
+                res["fx_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         with torch.no_grad():
             sim = qm(x).numpy()
         res["status"] = "ok"
@@ -140,14 +160,16 @@ def _write(results: list[dict], out: Path) -> None:
         "simulation. Random weights, 2 random calibration inputs (coverage only, not "
         "accuracy).",
         "",
-        "| model | params (M) | status | ops left in float | ORT vs sim max abs diff | error |",
-        "|---|---|---|---|---|---|",
+        "| model | params (M) | status | capture | ops left in float | ORT vs sim max abs diff "
+        "| error |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         diff = r.get("ort_vs_sim_max_abs")
         lines.append(
             f"| {r['model']} | {r.get('params_m', 0):.1f} | {r['status']} | "
-            f"{r.get('float_ops', '')} | {'' if diff is None else f'{diff:.3g}'} | "
+            f"{r.get('capture', '')} | {r.get('float_ops', '')} | "
+            f"{'' if diff is None else f'{diff:.3g}'} | "
             f"{r.get('error', '').replace('|', '/')} |"
         )
     (out / "torchvision_coverage.md").write_text("\n".join(lines) + "\n")

@@ -140,7 +140,13 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 def cmd_quantize(args: argparse.Namespace, out: _Out) -> int:
     recipe = _recipe(
-        args, {"calibration.images": args.calib_images, "mode": args.mode, "target": args.target}
+        args,
+        {
+            "calibration.images": args.calib_images,
+            "mode": args.mode,
+            "target": args.target,
+            "capture": args.capture,
+        },
     )
     if args.dry_run:
         print(dump(recipe), end="")
@@ -393,6 +399,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-images", type=int, help="calibration images (default 256)")
     q.add_argument("--mode", help="static | weight_only | float16 | dynamic")
     q.add_argument("--target", help="portable | vnni")
+    q.add_argument("--capture", help="fx | export (torch.export: vision transformers, ShuffleNet)")
     common(q)
 
     d = sub.add_parser("demo", help="quantize the real pretrained MobileNetV2, offline")

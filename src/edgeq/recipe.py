@@ -1,6 +1,7 @@
 """Recipes: YAML that says everything the command-line flags say, and more.
 
     mode: static                # static | weight_only | float16 | dynamic
+    capture: fx                 # fx | export (torch.export: vision transformers, ShuffleNet)
     target: portable            # portable (every x86 CPU) | vnni
     weight: {bits: 8, granularity: per_channel, range_method: mse}
     activation: {bits: 8, signed: false, symmetric: false, range_method: percentile}
@@ -39,6 +40,7 @@ _ACT_KEYS = {"bits", "signed", "symmetric", "range_method", "percentile"}
 
 DEFAULTS: dict[str, Any] = {
     "mode": "static",
+    "capture": "fx",
     "target": "portable",
     "weight": {"bits": 8, "granularity": "per_channel", "range_method": "mse"},
     "activation": {
@@ -62,6 +64,7 @@ _SECTIONS = {
 }
 _CHOICES = {
     "mode": ["static", "weight_only", "float16", "dynamic"],
+    "capture": ["fx", "export"],
     "target": ["portable", "vnni"],
 }
 

@@ -19,6 +19,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from edgeq.atomic import write_atomic
+from edgeq.export import aten_ops
+from edgeq.export.aten_ops import arithmetic, is_size
 from edgeq.export.float_ops import translator_for
 from edgeq.graph.insert import _is_identity_in_eval, _relu_kind, node_kind
 from edgeq.graph.qlstm import QuantLSTM
@@ -28,6 +30,7 @@ from edgeq.ptq.static import QuantizedModel
 from edgeq.quant import Granularity, QuantSpec, pack_bits
 
 OPSET = 17
+aten_ops.register()
 
 
 class ExportError(RuntimeError):
@@ -85,6 +88,13 @@ class _Emitter:
             return self.qdq(x, scale, zp, name)
         if kind == "layer":
             return self.layer(node, x)
+        if kind == "add" and not all(
+            isinstance(a, fx.Node) and not is_size(a) for a in node.args[:2]
+        ):
+            out = arithmetic("Add", self, node)  # a constant or size operand
+            if out is None:
+                raise ExportError(f"node {node.name}: cannot add {node.args[:2]}")
+            return out
         if kind == "add":
             y = self.names[node.args[1]]
             m = self.modules.get(node.target) if node.op == "call_module" else None
@@ -167,9 +177,20 @@ class _Emitter:
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 1)
             if isinstance(m, nn.Flatten):
                 start = m.start_dim
-            if start != 1:
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            if isinstance(m, nn.Flatten):
+                end = m.end_dim
+            shape = _input_shape(node)
+            rank = len(shape) if shape is not None else None
+            if start == 1 and (end == -1 or (rank is not None and end == rank - 1)):
+                out = self.add("Flatten", [x], node.name, axis=1)
+            elif rank is not None and 0 < start % rank <= end % rank:
+                # 0 copies a leading (batch) dimension; the trailing ones are static
+                target = [0] * (start % rank) + [-1] + list(shape[end % rank + 1 :])
+                to = self.init(f"{node.name}_to", np.array(target, np.int64))
+                out = self.add("Reshape", [x, to], node.name)
+            else:
                 raise ExportError(f"node {node.name}: flatten from dim {start} is not supported")
-            out = self.add("Flatten", [x], node.name, axis=1)
         src = node.args[0]
         if self.quantized and src in self.qparams and out != x:
             # repeat the input's Q/DQ so the next integer op sees DQ directly
@@ -459,6 +480,17 @@ class _Emitter:
         return self.add("Clip", [x, lo, hi], name)
 
 
+def _meta_shape(node: fx.Node) -> list[int] | None:
+    meta = node.meta.get("tensor_meta")
+    return list(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _input_shape(node: fx.Node) -> list[int] | None:
+    src = node.args[0]
+    meta = src.meta.get("tensor_meta") if isinstance(src, fx.Node) else None
+    return list(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
 def _pair(v) -> list[int]:
     return [int(v), int(v)] if isinstance(v, int) else [int(a) for a in v]
 
@@ -489,12 +521,21 @@ def build_onnx(
     quantized: bool,
 ) -> onnx.ModelProto:
     examples = example_input if isinstance(example_input, tuple) else (example_input,)
-    # input shapes of every node (fixed-size pooling needs them)
+    # input shapes of every node (fixed-size pooling needs them), and which of their
+    # dimensions follow the batch size (those stay dynamic in the ONNX model)
     try:
         with torch.no_grad():
+            ShapeProp(gm).propagate(*(torch.cat([x, x]) for x in examples))
+            doubled = {n: _meta_shape(n) for n in gm.graph.nodes}
             ShapeProp(gm).propagate(*examples)
     except Exception as e:
         raise ExportError(f"cannot run the model on the example input: {e}") from e
+    for n in gm.graph.nodes:
+        shape, other = _meta_shape(n), doubled[n]
+        if shape is not None and other is not None and len(shape) == len(other):
+            n.meta["batch_dims"] = {
+                d for d, (a, b) in enumerate(zip(shape, other, strict=True)) if a != b
+            }
     em = _Emitter(gm, quantized)
     if len(em.input_names) != len(examples):
         raise ExportError(

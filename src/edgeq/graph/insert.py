@@ -38,6 +38,29 @@ CAT_TARGETS = {torch.cat, torch.concat}
 FLATTEN_TARGETS = {torch.flatten}
 PASSTHROUGH_MODULES = (nn.Dropout, nn.Flatten, nn.Identity, nn.MaxPool2d)
 RELU_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
+_aten = torch.ops.aten
+# ops that only move, select or measure values: they stay between the quantizers like
+# float ops, but compute nothing, so they are not listed among the ops kept in float
+DATA_MOVEMENT = {
+    torch.reshape,
+    torch.permute,
+    torch.transpose,
+    operator.getitem,
+    _aten.sym_size.int,
+    _aten.transpose.int,
+    _aten.swapaxes.default,
+    _aten.chunk.default,
+    _aten.unbind.int,
+    _aten.select.int,
+    _aten.squeeze.dim,
+    _aten.squeeze.dims,
+    _aten.unsqueeze.default,
+    _aten.unflatten.int,
+    _aten.expand.default,
+    _aten.slice.Tensor,
+    _aten.roll.default,
+}
+DATA_MOVEMENT_METHODS = {"reshape", "view", "permute", "transpose", "contiguous", "size"}
 
 
 @dataclass
@@ -113,6 +136,12 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     if _relu_kind(node, modules):
         return "relu"
     return "float"
+
+
+def _moves_data(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in DATA_MOVEMENT_METHODS
+    return node.op == "call_function" and node.target in DATA_MOVEMENT
 
 
 def feeding_quantizer(
@@ -235,7 +264,7 @@ def prepare(
     for node in list(graph.nodes):
         kind = node_kind(node, modules)
         if kind not in ("layer", "add", "cat", "gap"):
-            if kind == "float":
+            if kind == "float" and not _moves_data(node):
                 target = getattr(node.target, "__name__", node.target)
                 report.float_ops.append(f"{node.name} ({node.op} {target})")
             continue

@@ -433,3 +433,84 @@ class _ResolvingEnv(dict):  # type: ignore[type-arg]
 
     def get(self, key: Any, default: Any = None) -> Any:  # type: ignore[override]
         return _resolve(self.env.get(key, default))
+
+
+# ops whose result depends on their first argument's dtype and device, not its values
+_FACTORIES_FROM_TENSOR = {
+    aten.new_zeros.default,
+    aten.new_ones.default,
+    aten.new_full.default,
+    aten.new_empty.default,
+}
+
+
+def fold_constants(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> fx.GraphModule:
+    """Replace every computation that does not depend on the inputs' values or batch
+    size (Swin's attention masks, relative position biases gathered from their
+    tables) by its value, stored as a buffer ``folded_N``. The exporter then sees
+    one constant instead of in-place fills of views, which ONNX cannot express.
+    """
+    dynamic: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            dynamic.add(node)
+            continue
+        args = list(node.all_input_nodes)
+        if node.target in _FACTORIES_FROM_TENSOR:
+            args = [n for n in args if n is not node.args[0]]
+        if node.op == "output" or any(a in dynamic for a in args):
+            dynamic.add(node)
+    constant = [
+        n for n in gm.graph.nodes if n not in dynamic and n.op not in ("get_attr", "output")
+    ]
+    if not any(u in dynamic for n in constant for u in n.users):
+        return gm
+    interpreter = fx.Interpreter(gm, garbage_collect_values=False)
+    with torch.no_grad():
+        interpreter.run(*example)
+    folded = 0
+    for node in constant:
+        if not any(u in dynamic for u in node.users):
+            continue
+        value = interpreter.env[node]
+        if not isinstance(value, torch.Tensor):
+            continue  # a Python value: left to run (it is cheap and exact)
+        name = f"folded_{folded}"
+        folded += 1
+        gm.register_buffer(name, value.detach().clone())
+        with gm.graph.inserting_before(node):
+            attr = gm.graph.get_attr(name)
+        node.replace_all_uses_with(attr)
+    for node in reversed(constant):  # in-place fills included: nothing reads them now
+        if not node.users:
+            gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def export_and_lift(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule:
+    """Capture ``model`` with torch.export (batch dimension dynamic), lift the ATen graph
+    back into modules and fold its constants: the capture for models torch.fx traces
+    into shape arithmetic the exporter cannot translate (Swin, ViT, MaxViT).
+
+    Raises:
+        LiftError: torch.export fails (names the reason), or a layer's weight is
+            computed.
+    """
+    # batch 2 at least: an example of batch 1 would specialize the dimension to 1
+    example = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in example)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        program = torch.export.export(
+            model.eval(), example, dynamic_shapes=tuple({0: batch} for _ in example)
+        )
+    except Exception as e:  # torch.export raises many types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise LiftError(
+            f"torch.export cannot capture {type(model).__name__}: {type(e).__name__}: {first}"
+        ) from e
+    # fold first: a layer's weight or bias computed from parameters alone (Swin V2's
+    # concatenated qkv bias) becomes a stored tensor the lift can turn into a module
+    return lift_aten(fold_constants(program.module(), example))

@@ -72,7 +72,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     config = to_config(recipe)
     write_text_atomic(out / "recipe.yaml", dump(recipe))
     job.log(f"loading {job.model}" + (f" with weights {job.weights}" if job.weights else ""))
-    model = edgeq.load_model(job.model, job.weights)
+    model = edgeq.load_model(job.model, job.weights, capture=recipe["capture"])
     calib_x, calib_desc = _calibration_images(job)
     job.log(f"calibrating on {calib_desc}")
     bs = recipe["calibration"]["batch_size"]

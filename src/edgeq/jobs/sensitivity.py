@@ -49,7 +49,7 @@ class SensitivityJob:
 
 def run_sensitivity(job: SensitivityJob) -> dict[str, Any]:
     recipe = job.recipe
-    model = edgeq.load_model(job.model, job.weights)
+    model = edgeq.load_model(job.model, job.weights, capture=recipe["capture"])
     calib = load_labeled_images(job.calib)
     cx, _ = calib.tensors(range(min(recipe["calibration"]["images"], len(calib))))
     bs = recipe["calibration"]["batch_size"]

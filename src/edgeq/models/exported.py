@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from edgeq.graph.lift import LiftError, lift_aten
+from edgeq.graph.lift import LiftError, fold_constants, lift_aten
 
 DEFAULT_INPUT_SHAPE = (2, 3, 224, 224)
 
@@ -87,8 +87,14 @@ def load_model_file(
             raise ModelFileError(
                 f"{path}: cannot load this {what} file ({type(e).__name__}: {first})"
             ) from e
+    example = tuple(program.example_inputs[0]) if program.example_inputs else ()
+    if kind == "torchscript":
+        example = (torch.zeros(input_shape),)
     try:
-        return lift_aten(program.module())
+        module = program.module()
+        if example:
+            module = fold_constants(module, example)
+        return lift_aten(module)
     except LiftError as e:
         raise ModelFileError(f"{path}: {e}") from e
 

@@ -113,7 +113,21 @@ def build_from_source(source: dict[str, Any]) -> nn.Module:
         raise ModelLoadError(f"unknown model source {source!r}")
     model.eval()
     model.edgeq_source = dict(source)  # type: ignore[assignment]
+    if source.get("capture") == "export":
+        model = _export_capture(model, tuple(source["input_shape"]))
     return model
+
+
+def _export_capture(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    from edgeq.graph.lift import LiftError, export_and_lift
+
+    source = dict(getattr(model, "edgeq_source", {}))
+    try:
+        lifted = export_and_lift(model, (torch.zeros(input_shape),))
+    except LiftError as e:
+        raise ModelLoadError(str(e)) from e
+    lifted.edgeq_source = source  # type: ignore[assignment]
+    return lifted
 
 
 def _file_model(path: Path, input_shape: tuple[int, ...]) -> nn.Module:
@@ -150,11 +164,15 @@ def load_model(
     ref: str,
     weights: str | Path | None = None,
     *,
+    capture: str = "fx",
     input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
 ) -> nn.Module:
     """Build the model named by ``ref`` (see the module docstring) in eval mode.
 
-    ``input_shape`` is the example input a TorchScript file is converted on.
+    ``capture="export"`` captures the model with torch.export and lifts it back into
+    modules (`edgeq.graph.lift`), for models whose torch.fx trace keeps shape arithmetic
+    the exporter cannot translate (vision transformers, ShuffleNet). ``input_shape`` is
+    the example input for that capture and for converting a TorchScript file.
 
     Raises:
         ModelLoadError: unknown architecture or factory, bad weights file, or a model
@@ -170,12 +188,21 @@ def load_model(
         if weights is not None:
             _apply_weights(model, weights, ref)
         return model
+    if capture not in ("fx", "export"):
+        raise ModelLoadError(f"capture={capture!r}: expected 'fx' or 'export'")
     prefix, _, rest = ref.partition(":")
     if prefix == "torchvision":
-        source = {"kind": "torchvision", "name": rest}
+        source: dict[str, Any] = {"kind": "torchvision", "name": rest}
     else:
         source = {"kind": "factory", "ref": ref}
     model = build_from_source(source)
-    if weights is not None:
+    if weights is not None:  # before an export capture: it folds weight-derived constants
         _apply_weights(model, weights, ref)
+    if capture == "export":
+        model.edgeq_source = {  # type: ignore[assignment]
+            **source,
+            "capture": "export",
+            "input_shape": list(input_shape),
+        }
+        model = _export_capture(model, tuple(input_shape))
     return model
