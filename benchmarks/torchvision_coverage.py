@@ -168,7 +168,7 @@ def _write(results: list[dict], out: Path) -> None:
         diff = r.get("ort_vs_sim_max_abs")
         lines.append(
             f"| {r['model']} | {r.get('params_m', 0):.1f} | {r['status']} | "
-            f"{r.get('capture', '')} | {r.get('float_ops', '')} | "
+            f"{r.get('capture', 'fx' if 'seconds' in r else '')} | {r.get('float_ops', '')} | "
             f"{'' if diff is None else f'{diff:.3g}'} | "
             f"{r.get('error', '').replace('|', '/')} |"
         )

@@ -151,3 +151,73 @@ def test_shufflenet_by_export_capture_is_bit_exact_and_round_trips(tmp_path):
 def test_unknown_capture_is_named():
     with pytest.raises(ModelLoadError, match="capture='trace'"):
         load_model("torchvision:resnet18", capture="trace")
+
+
+class CosineAttention(nn.Module):
+    """Swin V2's attention moves: a qkv bias computed from parameters (the key's part
+    zeroed), cosine similarity through F.normalize, a clamped learned logit scale."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Conv2d(3, dim, 4, stride=4)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(heads, 1, 1)))
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2)  # B, T, C
+        b, t, c = x.shape
+        bias = self.qkv.bias.clone()
+        bias[c : 2 * c].zero_()
+        qkv = F.linear(x, self.qkv.weight, bias).reshape(b, t, 3, self.heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = attn * torch.clamp(self.logit_scale, max=4.6).exp()
+        y = (attn.softmax(-1) @ v).transpose(1, 2).reshape(b, t, c)
+        return self.head(y.mean(1))
+
+
+def test_cosine_attention_with_a_computed_bias_exports(tmp_path):
+    torch.manual_seed(3)
+    model, x = CosineAttention().eval(), torch.randn(3, 3, 32, 32)
+    lifted = export_and_lift(model, (x,))
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.allclose(lifted(x), ref, atol=1e-6)
+    with pytest.warns(UserWarning, match="stay in float"):
+        qm = edgeq.quantize(lifted, [x], PTQConfig())
+    assert "qkv" in qm.placement.quantized_layers  # its folded bias is a stored tensor now
+    fp32 = edgeq.export_onnx(qm, tmp_path / "f.onnx", x[:1], quantized=False)
+    ops = collections.Counter(n.op_type for n in onnx.load(fp32).graph.node)
+    assert ops["ReduceL2"] == 2  # the two F.normalize
+    for k in (1, 3):
+        assert np.abs(_ort(fp32, x[:k]) - ref[:k].numpy()).max() < 1e-5
+    q = edgeq.export_onnx(qm, tmp_path / "q.onnx", x[:1])
+    with torch.no_grad():
+        sim = qm(x).numpy()
+    assert np.abs(_ort(q, x) - sim).max() < np.abs(sim - ref.numpy()).max()
+
+
+def test_multihead_attention_layers_keep_their_names(tmp_path):
+    torch.manual_seed(4)
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y, _ = self.attn(x, x, x, need_weights=False)
+            return self.head(y.mean(1))
+
+    model, x = Block().eval(), torch.randn(2, 6, 16)
+    lifted = export_and_lift(model, (x,))
+    with pytest.warns(UserWarning, match="stay in float"):
+        qm = edgeq.quantize(lifted, [x], PTQConfig())
+    assert {"attn.in_proj", "attn.out_proj", "head"} <= set(qm.placement.quantized_layers)
+    q = edgeq.export_onnx(qm, tmp_path / "q.onnx", x[:1])
+    with torch.no_grad():
+        ref, sim = model(x).numpy(), qm(x).numpy()
+    assert np.abs(_ort(q, x) - sim).max() < np.abs(sim - ref).max()

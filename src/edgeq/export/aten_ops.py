@@ -65,7 +65,7 @@ def _sym_size(em: Any, node: fx.Node, ins: list[str]) -> str:
     return em.add("Gather", [shape, _i64(em, f"{node.name}.at", [node.args[1]])], node.name)
 
 
-def arithmetic(op: str, em: Any, node: fx.Node) -> str | None:
+def arithmetic(op: str, em: Any, node: fx.Node, *, sizes_only: bool = False) -> str | None:
     """``a <op> b`` where one side is a size or a tensor and the other may be a Python
     number: sizes stay int64, tensors get a float32 constant."""
     a, b = node.args[:2]
@@ -82,8 +82,8 @@ def arithmetic(op: str, em: Any, node: fx.Node) -> str | None:
             names.append(em.init(f"{node.name}.c{k}", np.array(v, np.float32)))
         else:
             return None
-    if op == "Div" and not as_size:
-        return None  # floor division of tensors: not needed so far
+    if sizes_only and not as_size:
+        return None
     return em.add(op, names, node.name)
 
 
@@ -270,6 +270,29 @@ def _roll(em: Any, node: fx.Node, ins: list[str]) -> str | None:
     return em.add("Identity", [out], node.name)
 
 
+def _vector_norm(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    names = ("input", "ord", "dim", "keepdim")
+    a = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+    dims = a.get("dim")
+    if a.get("ord", 2) != 2 or dims is None:
+        return None
+    axes = [int(d) for d in (dims if isinstance(dims, list | tuple) else [dims])]
+    return em.add("ReduceL2", ins[:1], node.name, axes=axes, keepdims=int(bool(a.get("keepdim"))))
+
+
+def _clamp_min(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    low = node.args[1]
+    if not isinstance(low, int | float):
+        return None
+    bound = em.init(f"{node.name}.min", np.array(low, np.float32))
+    return em.add("Max", [ins[0], bound], node.name)
+
+
+def _expand_as(em: Any, node: fx.Node, ins: list[str]) -> str:
+    shape = em.add("Shape", [ins[1]], f"{node.name}.shape")
+    return em.add("Expand", [ins[0], shape], node.name)
+
+
 def _add_scalar(em: Any, node: fx.Node, ins: list[str]) -> str | None:
     alpha = node.args[2] if len(node.args) > 2 else node.kwargs.get("alpha", 1)
     return arithmetic("Add", em, node) if alpha == 1 else None
@@ -302,7 +325,11 @@ ATEN: dict[Any, Translator] = {
     torch.reshape: _reshape,
     operator.mul: lambda em, node, ins: arithmetic("Mul", em, node),
     torch.mul: lambda em, node, ins: arithmetic("Mul", em, node),
-    operator.floordiv: lambda em, node, ins: arithmetic("Div", em, node),
+    operator.floordiv: lambda em, node, ins: arithmetic("Div", em, node, sizes_only=True),
+    aten.div.Tensor: lambda em, node, ins: arithmetic("Div", em, node),
+    aten.linalg_vector_norm.default: _vector_norm,
+    aten.clamp_min.default: _clamp_min,
+    aten.expand_as.default: _expand_as,
     operator.sub: lambda em, node, ins: arithmetic("Sub", em, node),
 }
 

@@ -523,15 +523,20 @@ def build_onnx(
     examples = example_input if isinstance(example_input, tuple) else (example_input,)
     # input shapes of every node (fixed-size pooling needs them), and which of their
     # dimensions follow the batch size (those stay dynamic in the ONNX model)
-    try:
+    doubled: dict[fx.Node, list[int] | None] = {}
+    try:  # inputs whose first dimension is not the batch (LSTM states) cannot double
         with torch.no_grad():
             ShapeProp(gm).propagate(*(torch.cat([x, x]) for x in examples))
-            doubled = {n: _meta_shape(n) for n in gm.graph.nodes}
+        doubled = {n: _meta_shape(n) for n in gm.graph.nodes}
+    except Exception:  # then dimension 0 is taken for the batch (`aten_ops.batch_dims`)
+        doubled = {}
+    try:
+        with torch.no_grad():
             ShapeProp(gm).propagate(*examples)
     except Exception as e:
         raise ExportError(f"cannot run the model on the example input: {e}") from e
     for n in gm.graph.nodes:
-        shape, other = _meta_shape(n), doubled[n]
+        shape, other = _meta_shape(n), doubled.get(n)
         if shape is not None and other is not None and len(shape) == len(other):
             n.meta["batch_dims"] = {
                 d for d, (a, b) in enumerate(zip(shape, other, strict=True)) if a != b

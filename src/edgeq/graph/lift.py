@@ -62,7 +62,10 @@ class _Lifter:
         from ``features.0.0.weight``), or under ``fallback`` when that path is taken."""
         path = ""
         if isinstance(owner, fx.Node) and owner.op == "get_attr":
-            path = str(owner.target).rpartition(".")[0]
+            parent, _, attr = str(owner.target).rpartition(".")
+            # "attn.in_proj_weight" (nn.MultiheadAttention) names the module "attn.in_proj"
+            path = parent if attr in ("weight", "running_mean") else str(owner.target)
+            path = path.removesuffix("_weight")
         if not path or not self._free(path):
             base, i = fallback, 0
             path = base
