@@ -14,7 +14,7 @@ from torch import nn
 
 import edgeq
 from edgeq.cli import main
-from edgeq.recipe import RecipeError, resolve
+from edgeq.recipe import RecipeError, resolve, to_config
 
 FACTORY = f"{__name__}:tiny_classifier"
 
@@ -215,6 +215,18 @@ def test_dry_run_prints_the_resolved_recipe_with_flags_over_file(tmp_path, capsy
     assert "images: 32" in out
     assert "target: vnni" in out
     assert "range_method: percentile" in out
+    assert "bias_correction: true" in out
+
+
+def test_recipe_turns_the_search_and_the_correction_off():
+    config = to_config(
+        resolve(
+            {"activation": {"percentile_search": []}, "calibration": {"bias_correction": False}}
+        )
+    )
+    assert config.percentile_search == ()
+    assert not config.bias_correction
+    assert to_config(resolve()).percentile_search == (99.9, 99.95, 99.98, 99.99, 99.995, 99.999)
 
 
 @pytest.mark.parametrize(
@@ -227,6 +239,18 @@ def test_dry_run_prints_the_resolved_recipe_with_flags_over_file(tmp_path, capsy
         ({"calibration": {"images": 0}}, "calibration.images=0 must be a positive integer"),
         ({"overrides": [{"match": "fc", "bitz": 4}]}, "did you mean overrides[0].'bits'?"),
         ({"overrides": [{"match": "fc", "bits": 4, "float": True}]}, "not both"),
+        (
+            {"activation": {"percentile_search": 99.9}},
+            "activation.percentile_search=99.9 must be a list of numbers",
+        ),
+        (
+            {"activation": {"percentile_search": [99.9, 120]}},
+            "activation.percentile_search: 120.0 must be in (0, 100]",
+        ),
+        (
+            {"calibration": {"bias_correction": "yes"}},
+            "calibration.bias_correction='yes' must be true or false",
+        ),
     ],
 )
 def test_recipe_errors_name_the_key(recipe, message):

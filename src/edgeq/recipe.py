@@ -4,8 +4,9 @@
     capture: fx                 # fx | export (torch.export: vision transformers, ShuffleNet)
     target: portable            # portable (every x86 CPU) | vnni
     weight: {bits: 8, granularity: per_channel, range_method: mse}
-    activation: {bits: 8, signed: false, symmetric: false, range_method: percentile}
-    calibration: {images: 256, batch_size: 32}
+    activation: {bits: 8, signed: false, symmetric: false, range_method: percentile,
+                 percentile_search: [99.9, 99.95, 99.98, 99.99, 99.995, 99.999]}
+    calibration: {images: 256, batch_size: 32, bias_correction: true}
     evaluation: {images: null, batch_size: 50}
     bench: {batch: [1, 32], threads: 2, rounds: 20}   # batch 1: 10x the rounds
     overrides:                  # first match wins; module names or globs
@@ -28,6 +29,7 @@ from typing import Any
 import yaml
 
 from edgeq.ptq.config import LayerOverride, PTQConfig
+from edgeq.ptq.range_search import DEFAULT_PERCENTILES
 from edgeq.quant import QuantSpec, SpecError
 
 
@@ -36,7 +38,7 @@ class RecipeError(ValueError):
 
 
 _WEIGHT_KEYS = {"bits", "granularity", "group_size", "range_method", "percentile", "scheme"}
-_ACT_KEYS = {"bits", "signed", "symmetric", "range_method", "percentile"}
+_ACT_KEYS = {"bits", "signed", "symmetric", "range_method", "percentile", "percentile_search"}
 
 DEFAULTS: dict[str, Any] = {
     "mode": "static",
@@ -48,9 +50,10 @@ DEFAULTS: dict[str, Any] = {
         "signed": False,
         "symmetric": False,
         "range_method": "percentile",
-        "percentile": 99.999,
+        "percentile": 99.999,  # used as is when percentile_search is []
+        "percentile_search": list(DEFAULT_PERCENTILES),
     },
-    "calibration": {"images": 256, "batch_size": 32},
+    "calibration": {"images": 256, "batch_size": 32, "bias_correction": True},
     "evaluation": {"images": None, "batch_size": 50},
     "bench": {"batch": [1, 32], "threads": 2, "rounds": 20},
     "overrides": [],
@@ -58,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
 _SECTIONS = {
     "weight": _WEIGHT_KEYS,
     "activation": _ACT_KEYS,
-    "calibration": {"images", "batch_size"},
+    "calibration": {"images", "batch_size", "bias_correction"},
     "evaluation": {"images", "batch_size"},
     "bench": {"batch", "threads", "rounds"},
 }
@@ -140,6 +143,14 @@ def to_config(recipe: dict[str, Any]) -> PTQConfig:
     """The `PTQConfig` a resolved recipe describes."""
     w = dict(recipe["weight"])
     a = dict(recipe["activation"])
+    search = a.pop("percentile_search")
+    if not isinstance(search, list) or not all(
+        isinstance(p, int | float) and not isinstance(p, bool) for p in search
+    ):
+        raise RecipeError(f"activation.percentile_search={search!r} must be a list of numbers")
+    bias_correction = recipe["calibration"]["bias_correction"]
+    if not isinstance(bias_correction, bool):
+        raise RecipeError(f"calibration.bias_correction={bias_correction!r} must be true or false")
     try:
         if w.get("granularity") == "per_group":
             w.setdefault("group_size", 128)
@@ -163,15 +174,19 @@ def to_config(recipe: dict[str, Any]) -> PTQConfig:
             overrides.append(LayerOverride(**o))
         except SpecError as e:
             raise RecipeError(f"overrides[{i}]: {e}") from e
-    return PTQConfig(
-        weight=weight,
-        activation=activation,
-        target=recipe["target"],
-        mode=recipe["mode"],
-        overrides=tuple(overrides),
-        bias_correction=False,
-        runtime_threads=int(recipe["bench"]["threads"]),  # what ORT runs with here
-    )
+    try:
+        return PTQConfig(
+            weight=weight,
+            activation=activation,
+            target=recipe["target"],
+            mode=recipe["mode"],
+            overrides=tuple(overrides),
+            bias_correction=bias_correction,
+            runtime_threads=int(recipe["bench"]["threads"]),  # what ORT runs with here
+            percentile_search=tuple(float(p) for p in search),
+        )
+    except SpecError as e:
+        raise RecipeError(f"activation.{e}" if "percentile_search" in str(e) else str(e)) from e
 
 
 def dump(recipe: dict[str, Any]) -> str:

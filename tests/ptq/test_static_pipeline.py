@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from edgeq.export import export_onnx
@@ -71,18 +71,53 @@ def test_every_op_runs_as_an_integer_kernel(tmp_path, target):
     assert ops["DequantizeLinear"] == 0
 
 
-def test_portable_target_leaves_no_saturating_weight_pair():
+def _exported_pairs(tmp_path, target: str) -> tuple[dict[str, int], dict[str, tuple]]:
+    """Saturating pairs in each int8 weight as the ONNX file hands it to the kernel."""
     model, x = _model_and_data()
-    qm = quantize(model, [x], PTQConfig(target="portable"))
-    for m in qm.module.modules():
-        if isinstance(m, QuantConv2d):
-            assert int(saturating_pairs(m.weight_levels())) == 0
+    qm = quantize(model, [x], PTQConfig(target=target))
+    path = export_onnx(qm.module, tmp_path / f"{target}.onnx", x[:1])
+    weights = {
+        i.name: numpy_helper.to_array(i)
+        for i in onnx.load(path).graph.initializer
+        if i.name.endswith("_w_q")
+    }
+    pairs = {
+        n: int(saturating_pairs(torch.from_numpy(w.astype(np.int32)))) for n, w in weights.items()
+    }
+    return pairs, {n: w.shape for n, w in weights.items()}
+
+
+def test_portable_target_leaves_no_saturating_pair_in_the_exported_weights(tmp_path):
+    pairs, shapes = _exported_pairs(tmp_path, "portable")
+    assert shapes["stem_0_w_q"][1] == 4  # RGB input padded onto the symmetric kernels
+    assert pairs == dict.fromkeys(pairs, 0)
+    unconstrained, _ = _exported_pairs(tmp_path, "vnni")
+    print(unconstrained)
+    assert sum(unconstrained.values()) > 0  # without the limit these weights do saturate
+
+
+def test_input_channel_padding_is_exact_and_reported(tmp_path):
+    model, x = _model_and_data()
+    qm = quantize(model, [x], PTQConfig())
+    assert qm.placement.padded_inputs == ["stem.0: 3 -> 4 channels"]
+    path = export_onnx(qm.module, tmp_path / "q.onnx", x[:1])
+    graph = onnx.load(path).graph
+    assert graph.node[0].op_type == "Pad"  # on the float input, before QuantizeLinear
+    assert graph.node[1].op_type == "QuantizeLinear"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert np.array_equal(sess.run(None, {"input": x.numpy()})[0], qm(x).numpy())
 
 
 def _single_layer_onnx(em: _Emitter, node, mod) -> onnx.ModelProto:
     s = em.init("sx", mod.input_scale.numpy().astype(np.float32))
     z = em.init("zx", mod.input_zero_point.numpy().astype(np.uint8))
-    y = em.layer(node, em.qdq("input", s, z, "in"))
+    x = "input"
+    if any(mod.pad_in()):  # as the model's input quantizer emits it
+        before, after = mod.pad_in()
+        pads = em.init("pads", np.array([0, before, 0, 0, 0, after, 0, 0], np.int64))
+        x = em.add("Pad", [x, pads], "input_pad")
+    y = em.layer(node, em.qdq(x, s, z, "in"))
     sy = em.init("sy", mod.output_scale.numpy().astype(np.float32))
     zy = em.init("zy", mod.output_zero_point.numpy().astype(np.uint8))
     out = em.qdq(y, sy, zy, "out")
@@ -313,7 +348,10 @@ def test_models_with_several_inputs_calibrate_through_a_callable(tmp_path):
         for i in range(0, 4, 2):
             m(image[i : i + 2], depth[i : i + 2])
 
-    qm = quantize(model, calibrate)
+    with pytest.warns(UserWarning, match="cannot be replayed: bias correction and the"):
+        quantize(model, calibrate)
+    qm = quantize(model, calibrate, PTQConfig(bias_correction=False, percentile_search=()))
+    assert qm.calibration == {}
     path = export_onnx(qm.module, tmp_path / "q.onnx", (image[:1], depth[:1]))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["image", "depth"]
@@ -321,7 +359,7 @@ def test_models_with_several_inputs_calibrate_through_a_callable(tmp_path):
     with torch.no_grad():
         np.testing.assert_array_equal(ours, qm.module(image, depth).numpy())
     with pytest.raises(QuantInputError, match="did not run the model"):
-        quantize(model, lambda m: None)
+        quantize(model, lambda m: None, PTQConfig(bias_correction=False, percentile_search=()))
 
 
 def mlp() -> nn.Module:

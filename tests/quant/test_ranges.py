@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgeq.quant import (
     QuantInputError,
@@ -15,6 +17,7 @@ from edgeq.quant import (
     estimate_range,
     quantize,
 )
+from edgeq.quant.ranges import histogram_rows
 
 
 def quant_mse(x: torch.Tensor, spec: QuantSpec) -> float:
@@ -154,3 +157,40 @@ def test_observer_errors_name_the_layer():
         RangeObserver(QuantSpec(granularity="per_group", axis=0, group_size=4))
     with pytest.raises(SpecError, match="power of two"):
         RangeObserver(QuantSpec(), n_bins=100)
+
+
+def _floor_histogram(rows: torch.Tensor, bound: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Reference: floor((x + bound) / width) clamped into the bins, one row at a time."""
+    out = torch.zeros(rows.shape[0], n_bins, dtype=torch.float64)
+    for r in range(rows.shape[0]):
+        width = 2.0 * bound[r] / n_bins
+        idx = torch.floor((rows[r] + bound[r]) / width).clamp(0, n_bins - 1).to(torch.int64)
+        out[r] = torch.bincount(idx, minlength=n_bins).double()
+    return out
+
+
+@given(
+    rows=st.integers(1, 4),
+    n=st.integers(1, 300),
+    scale=st.floats(1e-3, 1e3),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_histogram_rows_equals_the_floor_reference(rows, n, scale, seed):
+    x = torch.randn(rows, n, generator=torch.Generator().manual_seed(seed)) * scale
+    x[:, 0] = x.abs().amax(1)  # a value exactly on the bound goes to the last bin
+    bound = x.abs().amax(1)
+    got = histogram_rows(x, bound, 64)
+    assert torch.equal(got, _floor_histogram(x, bound, 64))
+    assert got.sum(1).tolist() == [float(n)] * rows
+
+
+def test_percentile_override_reuses_the_histogram():
+    obs = RangeObserver(QuantSpec(range_method="percentile", percentile=99.999))
+    torch.manual_seed(0)
+    obs(torch.randn(100_000))
+    default = obs.compute_range()
+    lo, hi = obs.compute_range(90.0)
+    assert (float(lo), float(hi)) != (float(default[0]), float(default[1]))
+    assert float(hi) == pytest.approx(1.645, abs=0.02)  # N(0, 1): 5% above 1.645
+    assert obs.compute_range() == default  # the override changed nothing stored

@@ -183,6 +183,8 @@ def load(path: str | Path) -> QuantizedModel:
         m = layers[name]
         m.weight_scale = torch.empty(info["weight_scale_shape"])
         m.weight_zero_point = torch.zeros(info["weight_scale_shape"], dtype=torch.int32)
+        if info["bias"] is not None and m.bias is None:  # added by bias correction
+            m.bias = torch.nn.Parameter(torch.zeros(info["shape"][0]))
     state = {k: v for k, v in tensors.items() if not k.endswith(("weight_q", "bias_q"))}
     try:
         missing, unexpected = gm.load_state_dict(state, strict=False)

@@ -85,6 +85,10 @@ class _Emitter:
             dtype = np.uint8 if not m.spec.signed else np.int8
             zp = self.init(f"{name}_zp", m.zero_point.numpy().astype(dtype))
             self.qparams[node] = (scale, zp)
+            before, after = self._input_channel_pad(node)
+            if before or after:  # zeros quantize to the zero point: exact; cheapest before Q
+                pads = np.array([0, before, 0, 0, 0, after, 0, 0], np.int64)
+                x = self.add("Pad", [x, self.init(f"{name}_pads", pads)], f"{name}_pad")
             return self.qdq(x, scale, zp, name)
         if kind == "layer":
             return self.layer(node, x)
@@ -133,6 +137,18 @@ class _Emitter:
                 return out
         target = getattr(node.target, "__name__", node.target)
         raise ExportError(f"node {node.name} ({node.op} {target}) has no ONNX translation")
+
+    def _input_channel_pad(self, quantizer: fx.Node) -> tuple[int, int]:
+        """Zero channels (before, after) the convs after this quantizer add to their
+        input (`graph.insert` rule 5 pads all of them, or none)."""
+        pads = {
+            m.pad_in()
+            for u in quantizer.users
+            if isinstance(m := self.modules.get(str(u.target)), QuantConv2d)
+        }
+        if len(pads) > 1:
+            raise ExportError(f"{quantizer.name}: its convs pad their input differently {pads}")
+        return pads.pop() if pads else (0, 0)
 
     def passthrough(self, node: fx.Node, x: str) -> str:
         m = self.modules.get(node.target) if node.op == "call_module" else None
@@ -252,6 +268,8 @@ class _Emitter:
                 inputs.append(self.init(f"{name}_b", m.bias.detach().numpy().astype(np.float32)))
         elif self.quantized and isinstance(m, QuantConv2d | QuantLinear):
             w_levels = m.weight_levels().numpy().astype(np.int8)
+            if isinstance(m, QuantConv2d) and any(m.pad_in()):  # zero weights there
+                w_levels = np.pad(w_levels, [(0, 0), m.pad_in(), (0, 0), (0, 0)])
             axis_scale = self.init(f"{name}_w_scale", m.weight_scale.numpy().astype(np.float32))
             w_q = self.init(f"{name}_w_q", w_levels)
             w_inputs = [w_q, axis_scale]

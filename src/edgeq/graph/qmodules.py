@@ -12,8 +12,9 @@ New layer types register with `register_quant_module` (one registry keyed by typ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ from edgeq.quant.kernels import (
     qlinear_global_average_pool,
     requantize_accumulator,
 )
-from edgeq.quant.saturation import limit_pairs, pair_safe_scale
+from edgeq.quant.saturation import NO_PAD, limit_pairs, pair_safe_scale
 
 QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {}
 
@@ -67,8 +68,10 @@ class ActivationQuantizer(nn.Module):
         self.observing = True
         self.enabled = True
 
-    def freeze(self) -> None:
-        lo, hi = self.observer.compute_range()
+    def freeze(self, percentile: float | None = None) -> None:
+        """Fix (scale, zero point) from what the observer saw (``percentile``: another
+        clipping percentile of the same histogram, for a range search)."""
+        lo, hi = self.observer.compute_range(percentile)
         if self.nonnegative:
             lo = torch.zeros_like(lo)
         scale, zp = choose_qparams(lo.reshape(()), hi.reshape(()), self.spec)
@@ -181,12 +184,37 @@ class _WeightQuantMixin(nn.Module):
         lo, hi = estimate_range(self.weight.detach(), self.weight_spec, name=self.layer_name)
         scale, zp = choose_qparams(lo, hi, self.weight_spec)
         if self.limit_pairs:
-            spec = self.weight_spec
-            scale = pair_safe_scale(self.weight.detach(), scale, spec.qmin, spec.qmax)
+            scale = self._pair_safe_scale(scale, zp)
         # per-group scales have the weight's shape with one axis shortened
         self.weight_scale = scale.to(torch.float32).clone()
         self.weight_zero_point = zp.to(torch.int32).clone()
         self.quantized = True
+
+    def pad_in(self) -> tuple[int, int]:
+        """Zero input channels (before, after) the exported layer adds; none here."""
+        return NO_PAD
+
+    def _pad_choices(self) -> list[tuple[int, int]]:
+        return [self.pad_in()]
+
+    def _use_pad(self, pad: tuple[int, int]) -> None:
+        pass
+
+    def _pair_safe_scale(self, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+        """Scales whose pair-limited levels have the least error, for the padding (of
+        those `_pad_choices` allows) that leaves the least error; that padding is kept."""
+        w, spec = self.weight.detach(), self.weight_spec
+        view = [-1] + [1] * (w.ndim - 1)
+        best: tuple[float, tuple[int, int], torch.Tensor] | None = None
+        for pad in self._pad_choices():
+            s = pair_safe_scale(w, scale, spec.qmin, spec.qmax, pad_in=pad)
+            q = limit_pairs(quantize(w, s, zp, spec), w / s.reshape(view), pad)
+            err = float(((dequantize(q, s, zp, spec).double() - w.double()) ** 2).sum())
+            if best is None or err < best[0]:
+                best = (err, pad, s)
+        assert best is not None
+        self._use_pad(best[1])
+        return best[2]
 
     def set_levels(self, weight_q: torch.Tensor, bias_q: torch.Tensor | None) -> None:
         """Restore stored integer levels (`edgeq.load`): the float weight and bias become
@@ -210,6 +238,7 @@ class _WeightQuantMixin(nn.Module):
             self.weight.data_ptr(),
             self.weight_scale._version,
             self.weight_zero_point._version,
+            *self.pad_in(),
         )
 
     def _bias_key(self) -> tuple[int, ...]:
@@ -234,7 +263,7 @@ class _WeightQuantMixin(nn.Module):
         q = quantize(w, self.weight_scale, self.weight_zero_point, self.weight_spec)
         if self.limit_pairs:
             view = [-1] + [1] * (w.ndim - 1)
-            q = limit_pairs(q, w / self.weight_scale.reshape(view))
+            q = limit_pairs(q, w / self.weight_scale.reshape(view), self.pad_in())
         self.__dict__["_levels_cache"] = (key, q)
         return q
 
@@ -343,9 +372,27 @@ class _WeightQuantMixin(nn.Module):
         return y
 
 
+@contextlib.contextmanager
+def fake_quantized(model: nn.Module) -> Iterator[None]:
+    """Inside the block, conv and linear layers compute in float on their quantization
+    grids (fake quantization) instead of the exact integer simulation: half the time,
+    within float rounding of it. For calibration passes that measure, not deploy."""
+    layers = [m for m in model.modules() if isinstance(m, _WeightQuantMixin)]
+    exact = [m.integer_exact for m in layers]
+    try:
+        for m in layers:
+            m.integer_exact = False
+        yield
+    finally:
+        for m, e in zip(layers, exact, strict=True):
+            m.integer_exact = e
+
+
 @register_quant_module(nn.Conv2d)
 class QuantConv2d(_WeightQuantMixin):
     _channel_dim = 1
+
+    input_channel_pad: torch.Tensor
 
     def __init__(
         self,
@@ -368,6 +415,22 @@ class QuantConv2d(_WeightQuantMixin):
             conv.groups,
         )
         self._init_quant(conv, weight_spec, activation, limit_pairs, name)
+        # zero input channels (before, after) the export adds, so that a conv on the
+        # model's 3-channel input runs on ONNX Runtime's symmetric kernels (set by
+        # `graph.insert.prepare`, rule 5). The kernel pairs products in that layout,
+        # so the pair limit follows it; the split is chosen with the weight's scales.
+        self.register_buffer("input_channel_pad", torch.zeros(2, dtype=torch.int64))
+
+    def pad_in(self) -> tuple[int, int]:
+        before, after = self.input_channel_pad.tolist()
+        return int(before), int(after)
+
+    def _pad_choices(self) -> list[tuple[int, int]]:
+        total = sum(self.pad_in())
+        return [(k, total - k) for k in range(total + 1)] if total else [NO_PAD]
+
+    def _use_pad(self, pad: tuple[int, int]) -> None:
+        self.input_channel_pad.copy_(torch.tensor(pad))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantized and self.integer_exact and not self.weight_only:

@@ -2,7 +2,13 @@
 
 Rounding weights shifts each output channel's mean by ``E[(W - W_q) x]``. Measured on
 the calibration data, with the inputs the quantized model really sees, that shift is
-added back to the bias (which is then rounded to int32 like any bias). One pass.
+added back to the bias (which is then rounded to int32 like any bias). One pass, in
+the fake-quantized simulation (the shift is a mean; float rounding does not move it).
+
+On MobileNetV2 (`docs/benchmarks.md`) it raised the logits' SQNR against FP32 by
+1.4 dB, on held-out photographs as on the dev images; 64 calibration images in fake
+quantization gave the same correction as all 256 in the exact simulation, in 2.5 s
+instead of 20 s. Hence `PTQConfig.bias_correction` is on by default.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from edgeq.graph.qmodules import QuantConv2d, QuantLinear
+from edgeq.graph.qmodules import QuantConv2d, QuantLinear, fake_quantized
+
+BIAS_CORRECTION_IMAGES = 64  # the first calibration images measure the shifts
 
 
 @torch.no_grad()
@@ -44,8 +52,9 @@ def correct_biases(gm: fx.GraphModule, batches: Iterable[torch.Tensor]) -> int:
 
     handles = [m.register_forward_hook(hook) for m in layers]
     try:
-        for x in batches:
-            gm(x)
+        with fake_quantized(gm):
+            for x in batches:
+                gm(x)
     finally:
         for h in handles:
             h.remove()

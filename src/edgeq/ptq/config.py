@@ -9,7 +9,8 @@ from enum import StrEnum
 
 from torch import nn
 
-from edgeq.quant import QuantSpec, SpecError
+from edgeq.ptq.range_search import DEFAULT_PERCENTILES
+from edgeq.quant import QuantSpec, RangeMethod, SpecError
 
 
 class Target(StrEnum):
@@ -52,10 +53,10 @@ def _default_weight_spec() -> QuantSpec:
 
 def _default_activation_spec() -> QuantSpec:
     # uint8 activations: ONNX Runtime's fast x86 path is u8 x s8 (s8 x s8 is slower).
-    # Ranges: the 99.999th percentile of a histogram of the calibration activations.
-    # On MobileNetV2 (256 calibration / 298 dev images) it kept FP32's top-1 where
-    # histogram-MSE, min-max and KL ranges lost 1 pt (benchmarks/results); differences
-    # of one to three images, measured on the same dev images.
+    # Ranges: a percentile of a histogram of the calibration activations, chosen per
+    # model by `PTQConfig.percentile_search`; 99.999 (ONNX Runtime's default) when the
+    # search is off. On MobileNetV2 percentiles beat histogram-MSE, min-max and KL
+    # ranges by 1.8 to 5.6 dB of logits SQNR (docs/benchmarks.md).
     return QuantSpec(
         bits=8, signed=False, symmetric=False, range_method="percentile", percentile=99.999
     )
@@ -88,15 +89,18 @@ class PTQConfig:
     """Post-training quantization settings.
 
     Defaults (static W8A8): int8 symmetric per-channel weights with MSE-optimal
-    ranges; uint8 affine per-tensor activations, 99.999th-percentile ranges;
-    exact on every x86 CPU (``target='portable'``). ``overrides`` change single layers.
+    ranges; uint8 affine per-tensor activations whose clipping percentile is chosen
+    per model after calibration (``percentile_search``); bias correction; exact on
+    every x86 CPU (``target='portable'``). ``overrides`` change single layers. Each
+    default was chosen by the SQNR of MobileNetV2's logits against FP32 on held-out
+    images (`docs/benchmarks.md`).
     """
 
     weight: QuantSpec = field(default_factory=_default_weight_spec)
     activation: QuantSpec = field(default_factory=_default_activation_spec)
     target: Target = Target.PORTABLE
     max_calibration_batches: int | None = None
-    bias_correction: bool = False
+    bias_correction: bool = True  # static mode: `edgeq.ptq.bias_correction`
     mode: Mode = Mode.STATIC
     overrides: tuple[LayerOverride, ...] = ()
     strict: bool = False  # True: an op edgeq cannot quantize is an error, not a warning
@@ -108,13 +112,32 @@ class PTQConfig:
     # one block of rows per intra-op thread and quantizes each block's hidden state on
     # its own; the simulation does the same for this many threads (1: the whole batch).
     runtime_threads: int = 1
+    # Percentile activation ranges: candidates scored after calibration by the output
+    # SQNR against the float model on the first calibration images; the best is kept
+    # (`edgeq.ptq.range_search`). The activation spec's own percentile is always one
+    # of them; () uses that percentile alone.
+    percentile_search: tuple[float, ...] = DEFAULT_PERCENTILES
 
     def __post_init__(self) -> None:
         if self.runtime_threads < 1:
             raise SpecError(f"runtime_threads={self.runtime_threads} must be at least 1")
+        object.__setattr__(self, "percentile_search", tuple(self.percentile_search))
+        for p in self.percentile_search:
+            if not 0.0 < p <= 100.0:
+                raise SpecError(f"percentile_search: {p!r} must be in (0, 100]")
         object.__setattr__(self, "target", Target(self.target))
         object.__setattr__(self, "mode", Mode(self.mode))
         object.__setattr__(self, "overrides", tuple(self.overrides))
+
+    def percentile_candidates(self) -> tuple[float, ...]:
+        """Activation percentiles to score after calibration: none unless activations
+        use percentile ranges (static mode); else the search's and the spec's own."""
+        if (
+            self.mode is not Mode.STATIC
+            or self.activation.range_method is not RangeMethod.PERCENTILE
+        ):
+            return ()
+        return tuple(sorted({*self.percentile_search, self.activation.percentile}))
 
     def override_for(self, name: str) -> LayerOverride | None:
         return next((o for o in self.overrides if o.matches(name)), None)
@@ -162,6 +185,7 @@ class PTQConfig:
             "strict": self.strict,
             "min_depthwise_bits": self.min_depthwise_bits,
             "runtime_threads": self.runtime_threads,
+            "percentile_search": list(self.percentile_search),
         }
 
     @classmethod
@@ -177,4 +201,5 @@ class PTQConfig:
             strict=d.get("strict", False),
             runtime_threads=d.get("runtime_threads", 1),
             min_depthwise_bits=d.get("min_depthwise_bits", 8),
+            percentile_search=tuple(d.get("percentile_search", ())),
         )

@@ -6,7 +6,7 @@ import copy
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
@@ -16,8 +16,9 @@ from edgeq.graph.fold_bn import fold_batchnorm
 from edgeq.graph.insert import PlacementReport, feeding_quantizer, prepare
 from edgeq.graph.qlstm import QuantLSTM
 from edgeq.graph.qmodules import ActivationQuantizer, IntegerOp, QuantConv2d, QuantLinear
-from edgeq.ptq.bias_correction import correct_biases
+from edgeq.ptq.bias_correction import BIAS_CORRECTION_IMAGES, correct_biases
 from edgeq.ptq.config import Mode, PTQConfig, Target
+from edgeq.ptq.range_search import best_percentile, search_batches, search_percentile
 from edgeq.quant import QuantInputError
 
 
@@ -34,6 +35,9 @@ class QuantizedModel:
     placement: PlacementReport
     seconds: float
     source: dict | None = None
+    # what calibration chose: {"activation_percentile": p, "percentile_search_sqnr_db":
+    # {candidate: output SQNR against float}} when a percentile search ran
+    calibration: dict = field(default_factory=dict)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
@@ -127,15 +131,26 @@ def quantize(
         return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0, source)
     if callable(calib_data) and not isinstance(calib_data, nn.Module | torch.Tensor):
         # a function that runs the model itself (models with several inputs)
-        if config.bias_correction:
-            raise QuantInputError(
-                "bias_correction needs calibration batches; it cannot replay a callable"
-            )
         calib_data(gm)
         quantizers = [m for m in gm.modules() if isinstance(m, ActivationQuantizer)]
         if not any(int(q.observer.batches) > 0 for q in quantizers):
             raise QuantInputError("the calibration callable did not run the model")
         freeze(gm)
+        skipped = [
+            what
+            for what, on in (
+                ("bias correction", config.bias_correction),
+                ("the activation percentile search", len(config.percentile_candidates()) > 1),
+            )
+            if on
+        ]
+        if skipped:
+            warnings.warn(
+                f"calibration through a callable cannot be replayed: {' and '.join(skipped)} "
+                "skipped (PTQConfig(bias_correction=False, percentile_search=()) says so "
+                "and silences this)",
+                stacklevel=2,
+            )
         return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0, source)
     batches = _batches(calib_data)
     if progress:
@@ -151,9 +166,33 @@ def quantize(
     if not seen:
         raise QuantInputError("calibration data is empty: no batch was produced")
     freeze(gm)
+    calibration = _refine(gm, float_gm, seen, config)
+    seconds = time.perf_counter() - t0
+    return QuantizedModel(gm, float_gm, config, report, seconds, source, calibration)
+
+
+def _refine(
+    gm: fx.GraphModule, float_gm: fx.GraphModule, seen: list[torch.Tensor], config: PTQConfig
+) -> dict:
+    """After calibration: the activation percentile search, then bias correction, on
+    the first calibration batches. Returns what they chose (`QuantizedModel.calibration`)."""
+    calibration: dict = {}
+    candidates = config.percentile_candidates()
+    if len(candidates) > 1:
+        scores = search_percentile(
+            gm,
+            float_gm,
+            search_batches(seen),
+            candidates,
+            lambda p: refreeze_activations(gm, percentile=p),
+        )
+        calibration["activation_percentile"] = best_percentile(scores)
+        calibration["percentile_search_sqnr_db"] = scores
     if config.bias_correction:
-        correct_biases(gm, seen)
-    return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0, source)
+        batches = search_batches(seen, BIAS_CORRECTION_IMAGES)
+        calibration["bias_corrected_layers"] = correct_biases(gm, batches)
+        calibration["bias_correction_images"] = sum(len(x) for x in batches)
+    return calibration
 
 
 def freeze(gm: fx.GraphModule) -> None:
@@ -162,17 +201,37 @@ def freeze(gm: fx.GraphModule) -> None:
     for m in modules.values():
         if isinstance(m, ActivationQuantizer):
             m.freeze()
+    _attach(gm, modules, weights=True)
+
+
+def refreeze_activations(gm: fx.GraphModule, *, percentile: float) -> None:
+    """Activation ranges from another percentile of the histograms already collected,
+    copied into the layers and integer ops that hold them; weight scales stay."""
+    modules = dict(gm.named_modules())
+    for m in modules.values():
+        if isinstance(m, ActivationQuantizer):
+            m.freeze(percentile)
+    _attach(gm, modules, weights=False)
+
+
+def _attach(gm: fx.GraphModule, modules: dict[str, nn.Module], *, weights: bool) -> None:
+    """Give layers and integer ops their quantizers' parameters (and, with ``weights``,
+    choose the weights' scales)."""
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
         m = modules[node.target]
         if isinstance(m, QuantLSTM):
-            m.freeze_weights()
+            if weights:
+                m.freeze_weights()
         elif isinstance(m, QuantConv2d | QuantLinear):
             src = feeding_quantizer(node.args[0], modules)
             if src is None and any(isinstance(q, ActivationQuantizer) for q in modules.values()):
                 raise RuntimeError(f"{node.target}: no activation quantizer feeds this layer")
-            m.freeze_weight(src, output_quantizer(node, modules))
+            if weights:
+                m.freeze_weight(src, output_quantizer(node, modules))
+            elif src is not None:
+                m.attach_io(src, output_quantizer(node, modules))
         elif isinstance(m, IntegerOp):
             inputs = [feeding_quantizer(a, modules) for a in node.args]
             m.freeze_io(inputs, output_quantizer(node, modules))

@@ -85,7 +85,10 @@ class RangeObserver(nn.Module):
             )
         if rows.shape[1] == 0:
             return x
-        lo, hi = rows.amin(dim=1), rows.amax(dim=1)
+        if rows.shape[0] == 1:  # per tensor: one pass (aminmax along a dim is slow)
+            lo, hi = (t.reshape(1) for t in torch.aminmax(rows[0]))
+        else:
+            lo, hi = rows.amin(dim=1), rows.amax(dim=1)
         # NaN and +-Inf reach the row extremes: checking them is enough (and cheap)
         if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
             check_float_tensor(x, self.name)  # raises naming the layer and counts
@@ -112,8 +115,9 @@ class RangeObserver(nn.Module):
             self.bound[r] = self.bound[r] * factor
         self.hist += histogram_rows(rows, self.bound, self.n_bins)
 
-    def compute_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The estimated ``(lo, hi)`` per row.
+    def compute_range(self, percentile: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The estimated ``(lo, hi)`` per row; ``percentile`` overrides the spec's for
+        the percentile estimator (a range search tries several on one histogram).
 
         Raises:
             QuantInputError: no data was observed (empty calibration data).
@@ -126,9 +130,8 @@ class RangeObserver(nn.Module):
         lo, hi = self.min_val.clone(), self.max_val.clone()
         method = self.spec.range_method
         if method is RangeMethod.PERCENTILE:
-            lo, hi = percentile_rows(
-                bin_centers(self.bound, self.n_bins), self.hist.float(), self.spec.percentile
-            )
+            q = self.spec.percentile if percentile is None else percentile
+            lo, hi = percentile_rows(bin_centers(self.bound, self.n_bins), self.hist.float(), q)
             lo, hi = torch.maximum(lo, self.min_val), torch.minimum(hi, self.max_val)
         elif method is RangeMethod.MSE:
             lo, hi = mse_rows(

@@ -14,6 +14,11 @@ CPU, so the PyTorch simulation matches the deployed model.
 Pair order is the kernels' packing order: conv weights ``[O, I, kh, kw]`` are read
 as ``(kh, kw, I)`` with input channels fastest (ONNX Runtime reorders filters to
 HWIO), linear weights ``[O, I]`` along ``I``; pairs are elements ``(2j, 2j+1)``.
+A conv exported with zero input channels added (``pad_in = (before, after)``, to
+reach `SYM_CONV_CHANNELS`) is read with those zeros in place, since the kernel pairs
+what it is given: three channels padded after to four pair as ``(c0, c1), (c2, 0)``
+at every kernel position, padded before as ``(0, c0), (c1, c2)``; unpadded, pairs
+straddle two kernel positions.
 """
 
 from __future__ import annotations
@@ -22,26 +27,54 @@ import torch
 
 PAIR_LIMIT = 128  # 255 * 128 = 32640 <= 32767 < 255 * 129
 
+# ONNX Runtime's x86 symmetric QLinearConv kernels (MlasConvSym: indirect convolution
+# with the requantization fused) take a group-1 convolution only when its input
+# channels are a multiple of 4 (`MlasConvSymPackWSize`); otherwise the convolution
+# falls back to im2col and a generic GEMM, which for MobileNetV2's 3-channel first
+# convolution is no faster than float32.
+SYM_CONV_CHANNELS = 4
 
-def kernel_order(q: torch.Tensor) -> torch.Tensor:
-    """``[O, K]`` view of a weight in the runtime's reduction order."""
+
+def input_channel_pad(in_channels: int, groups: int) -> int:
+    """Zero input channels that bring a group-1 convolution onto the symmetric kernels
+    (0 where it is there already, and for grouped convolutions)."""
+    if groups != 1:
+        return 0
+    return -in_channels % SYM_CONV_CHANNELS
+
+
+NO_PAD = (0, 0)
+
+
+def kernel_order(q: torch.Tensor, pad_in: tuple[int, int] = NO_PAD) -> torch.Tensor:
+    """``[O, K]`` view of a weight in the runtime's reduction order (a conv weight with
+    ``pad_in = (before, after)`` zero input channels, as exported)."""
     if q.ndim == 4:
+        if any(pad_in):
+            q = torch.nn.functional.pad(q, (0, 0, 0, 0, *pad_in))
         return q.permute(0, 2, 3, 1).reshape(q.shape[0], -1)
-    if q.ndim == 2:
+    if q.ndim == 2 and not any(pad_in):
         return q
-    raise ValueError(f"expected a 2-d or 4-d weight, got shape {tuple(q.shape)}")
+    raise ValueError(
+        f"expected a 2-d or 4-d weight (input padding only for 4-d), got shape "
+        f"{tuple(q.shape)} with pad_in={pad_in}"
+    )
 
 
-def from_kernel_order(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+def from_kernel_order(
+    rows: torch.Tensor, shape: torch.Size, pad_in: tuple[int, int] = NO_PAD
+) -> torch.Tensor:
     if len(shape) == 4:
         o, i, kh, kw = shape
-        return rows.reshape(o, kh, kw, i).permute(0, 3, 1, 2).contiguous()
+        before, after = pad_in
+        full = rows.reshape(o, kh, kw, before + i + after)[..., before : before + i]
+        return full.permute(0, 3, 1, 2).contiguous()
     return rows.reshape(shape)
 
 
-def saturating_pairs(q: torch.Tensor) -> torch.Tensor:
+def saturating_pairs(q: torch.Tensor, pad_in: tuple[int, int] = NO_PAD) -> torch.Tensor:
     """Number of adjacent same-sign pairs with ``|a| + |b| > 128`` (would saturate)."""
-    rows = kernel_order(q.to(torch.int64))
+    rows = kernel_order(q.to(torch.int64), pad_in)
     if rows.shape[1] % 2:
         rows = torch.nn.functional.pad(rows, (0, 1))
     pairs = rows.reshape(rows.shape[0], -1, 2)
@@ -49,19 +82,22 @@ def saturating_pairs(q: torch.Tensor) -> torch.Tensor:
     return (same_sign & (pairs.abs().sum(-1) > PAIR_LIMIT)).sum()
 
 
-def limit_pairs(q: torch.Tensor, w_over_scale: torch.Tensor) -> torch.Tensor:
+def limit_pairs(
+    q: torch.Tensor, w_over_scale: torch.Tensor, pad_in: tuple[int, int] = NO_PAD
+) -> torch.Tensor:
     """Lower same-sign pairs to ``|a| + |b| <= 128``, one level at a time, each time on
     the element whose rounded value lies furthest beyond its real value.
 
     Args:
         q: int32 weight levels (per-channel symmetric, zero point 0).
         w_over_scale: the unrounded ``w / scale`` values, same shape.
+        pad_in: zero input channels (before, after) the exported conv adds.
 
     Returns:
         New int32 levels with no saturating pair; ``q`` is not modified.
     """
-    rows = kernel_order(q.to(torch.int64)).clone()
-    real = kernel_order(w_over_scale.to(torch.float64))
+    rows = kernel_order(q.to(torch.int64), pad_in).clone()
+    real = kernel_order(w_over_scale.to(torch.float64), pad_in)
     odd = rows.shape[1] % 2
     if odd:
         rows = torch.nn.functional.pad(rows, (0, 1))
@@ -88,11 +124,17 @@ def limit_pairs(q: torch.Tensor, w_over_scale: torch.Tensor) -> torch.Tensor:
     out = pairs.reshape(rows.shape)
     if odd:
         out = out[:, :-1]
-    return from_kernel_order(out, q.shape).to(torch.int32)
+    return from_kernel_order(out, q.shape, pad_in).to(torch.int32)
 
 
 def pair_safe_scale(
-    w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, *, grid_points: int = 16
+    w: torch.Tensor,
+    scale: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    *,
+    grid_points: int = 16,
+    pad_in: tuple[int, int] = NO_PAD,
 ) -> torch.Tensor:
     """Per-channel scales, at least ``scale``, whose pair-limited levels have the
     least squared error.
@@ -102,7 +144,7 @@ def pair_safe_scale(
     coarsest needed). Each candidate's levels go through `limit_pairs`; the channel
     keeps the candidate with the smallest error. Never worse than ``reduce_range``.
     """
-    rows = kernel_order(w.detach().to(torch.float64))
+    rows = kernel_order(w.detach().to(torch.float64), pad_in)
     if rows.shape[1] % 2:
         rows = torch.nn.functional.pad(rows, (0, 1))
     pairs = rows.reshape(rows.shape[0], -1, 2)
@@ -117,7 +159,7 @@ def pair_safe_scale(
         cand = (scale * (hi / scale) ** t).to(torch.float32)
         s = cand.reshape(view)
         q = torch.clamp(torch.round(w / s), qmin, qmax).to(torch.int32)
-        q = limit_pairs(q, w / s)
+        q = limit_pairs(q, w / s, pad_in)
         err = ((q.double() * s.double() - w.double()) ** 2).reshape(w.shape[0], -1).sum(1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
