@@ -21,6 +21,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from edgeq.atomic import write_atomic
 from edgeq.export import aten_ops
 from edgeq.export.aten_ops import arithmetic, is_size
+from edgeq.export.external_data import needs_external_data, save_with_external_data
 from edgeq.export.float_ops import translator_for
 from edgeq.graph.insert import _is_identity_in_eval, _relu_kind, node_kind
 from edgeq.graph.qlstm import QuantLSTM
@@ -590,7 +591,8 @@ def build_onnx(
     opsets += [helper.make_opsetid(domain, 1) for domain in sorted(em.domains)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="edgeq")
     model.ir_version = 8 if em.min_opset <= 17 else 10
-    onnx.checker.check_model(model)
+    if not needs_external_data(model):  # larger models are checked from their files
+        onnx.checker.check_model(model)
     return model
 
 
@@ -601,11 +603,16 @@ def export_onnx(
     *,
     quantized: bool = True,
     metadata: dict[str, str] | None = None,
+    external_data: bool | None = None,
 ) -> Path:
     """Write a quantized model (or a captured GraphModule) as ONNX, atomically.
 
     ``quantized=False`` writes the float graph without Q/DQ (with a `QuantizedModel`,
     its ``float_module``: the FP32 baseline with BatchNorm folded).
+    ``external_data``: keep the weights in a file beside the model
+    (``NAME.onnx.<digest>.data``, which ONNX Runtime reads on its own); None (the
+    default) does so only when the model would pass protobuf's 2 GB limit (FP32
+    ViT-H/14, RegNetY-128GF). `onnx_bytes` counts both files.
 
     Raises:
         ExportError: a node has no ONNX translation.
@@ -627,4 +634,6 @@ def export_onnx(
         _store_float16(onnx_model)
     for k, v in (metadata or {}).items():
         onnx_model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    if external_data or (external_data is None and needs_external_data(onnx_model)):
+        return save_with_external_data(onnx_model, Path(path))
     return write_atomic(path, lambda tmp: onnx.save(onnx_model, tmp))

@@ -29,6 +29,7 @@ import edgeq
 from edgeq.data import load_labeled_images
 from edgeq.evaluate.classification import as_predictor, predict, score
 from edgeq.evaluate.per_layer import per_layer_errors
+from edgeq.export import onnx_bytes
 from edgeq.recipe import dump, to_config
 from edgeq.report.build import build_report
 from edgeq.runs import write_text_atomic
@@ -141,7 +142,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         }
 
     bytes_ = {
-        "fp32_onnx": fp32_path.stat().st_size,
+        "fp32_onnx": onnx_bytes(fp32_path),
         "artifact": sum(p.stat().st_size for p in (out / "model").iterdir()),
     }
     latency = {}
@@ -151,7 +152,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
             "fp32": ort_session(fp32_path, threads=bench["threads"]),
             "quantized": ort_session(q_path, threads=bench["threads"]),
         }
-        bytes_["quantized_onnx"] = q_path.stat().st_size
+        bytes_["quantized_onnx"] = onnx_bytes(q_path)
         for b in bench["batch"]:
             job.log(f"measuring latency at batch {b}")
             x = calib_x[:1].expand(b, *calib_x.shape[1:]).contiguous().numpy()

@@ -10,7 +10,7 @@ from enum import StrEnum
 from torch import nn
 
 from edgeq.ptq.range_search import DEFAULT_PERCENTILES
-from edgeq.quant import QuantSpec, RangeMethod, SpecError
+from edgeq.quant import Granularity, QuantSpec, RangeMethod, SpecError
 
 
 class Target(StrEnum):
@@ -47,7 +47,12 @@ class Mode(StrEnum):
 
 def _default_weight_spec() -> QuantSpec:
     return QuantSpec(
-        bits=8, signed=True, symmetric=True, granularity="per_channel", axis=0, range_method="mse"
+        bits=8,
+        signed=True,
+        symmetric=True,
+        granularity=Granularity.PER_CHANNEL,
+        axis=0,
+        range_method=RangeMethod.MSE,
     )
 
 
@@ -58,7 +63,11 @@ def _default_activation_spec() -> QuantSpec:
     # search is off. On MobileNetV2 percentiles beat histogram-MSE, min-max and KL
     # ranges by 1.8 to 5.6 dB of logits SQNR (docs/benchmarks.md).
     return QuantSpec(
-        bits=8, signed=False, symmetric=False, range_method="percentile", percentile=99.999
+        bits=8,
+        signed=False,
+        symmetric=False,
+        range_method=RangeMethod.PERCENTILE,
+        percentile=99.999,
     )
 
 
@@ -162,14 +171,16 @@ class PTQConfig:
         """Weight-only quantization: ``bits``-bit symmetric weights, per group of
         ``group_size`` input channels (None: per output channel), MSE ranges."""
         if group_size is None:
-            spec = QuantSpec(bits=bits, granularity="per_channel", axis=0, range_method="mse")
+            spec = QuantSpec(
+                bits=bits, granularity=Granularity.PER_CHANNEL, axis=0, range_method=RangeMethod.MSE
+            )
         else:
             spec = QuantSpec(
                 bits=bits,
-                granularity="per_group",
+                granularity=Granularity.PER_GROUP,
                 axis=1,
                 group_size=group_size,
-                range_method="mse",
+                range_method=RangeMethod.MSE,
             )
         return cls(weight=spec, mode=Mode.WEIGHT_ONLY, bias_correction=False)
 
