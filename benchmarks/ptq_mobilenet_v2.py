@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import edgeq
 import peers
 from edgeq.data import load_labeled_images
 from edgeq.models import mobilenet_v2_weights_path
-from edgeq.runtime import measure_latency, ort_session
+from edgeq.runtime import machine_info, measure_latency, ort_session
 
 CALIB = 256
 
@@ -198,7 +197,7 @@ def main() -> None:
         "artifacts": artifacts,
         "resnet18_random_weights": resnet18,
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            **machine_info(),
             "threads": 2,
             "onnxruntime": __import__("onnxruntime").__version__,
             "torch": torch.__version__,
@@ -223,7 +222,8 @@ def _markdown(res: dict) -> str:
         "# W8A8 PTQ, MobileNetV2 (real ImageNet weights), ImageNet dev images",
         "",
         f"{res['images']} images, calibrated on the first {res['calibration_images']}; "
-        f"ONNX Runtime {res['machine']['onnxruntime']}, CPU, 2 threads; latency is the "
+        f"ONNX Runtime {res['machine']['onnxruntime']}, CPU {res['machine']['cpu']} "
+        f"({', '.join(res['machine']['integer_isa'])}), 2 threads; latency is the "
         "median of interleaved rounds (200 at batch 1, 20 at batch 32), as a ratio to the "
         "FP32 ONNX in the same run.",
         "",

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import edgeq
-from edgeq.runtime import measure_latency, ort_session
+from edgeq.runtime import machine_info, measure_latency, ort_session
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     fp32 = edgeq.export_onnx(qm, tmp / "fp32.onnx", calib[0][:1], quantized=False)
     int8 = edgeq.export_onnx(qm, tmp / "int8.onnx", calib[0][:1])
     sessions = {"fp32": ort_session(fp32), "int8": ort_session(int8)}
-    res = {}
+    res: dict = {}
     for batch, rounds in ((1, args.rounds_b1), (32, args.rounds_b32)):
         t = measure_latency(sessions, torch.randn(batch, 3, 224, 224).numpy(), rounds=rounds)
         res[str(batch)] = {
@@ -44,10 +44,15 @@ def main() -> None:
             "ratio": t["int8"] / t["fp32"],
             "rounds": rounds,
         }
+    machine = machine_info()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "resnet18_latency.json").write_text(json.dumps(res, indent=2) + "\n")
+    out = {"machine": machine, "threads": 2, "batches": res}
+    (args.out / "resnet18_latency.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [
         "# ResNet-18 (random weights): edgeq int8 vs FP32 in ONNX Runtime, 2 threads",
+        "",
+        f"CPU {machine['cpu']} ({', '.join(machine['integer_isa'])}), "  # type: ignore[arg-type]
+        f"onnxruntime {__import__('onnxruntime').__version__}.",
         "",
         "| batch | FP32 ms | int8 ms | ratio | rounds |",
         "|---|---|---|---|---|",

@@ -95,7 +95,13 @@ def test_quantize_writes_a_complete_run_folder(tmp_path, images, capsys, monkeyp
     assert 0.0 <= m["accuracy"]["quantized_onnx"]["top1"] <= 1.0
     meta = {p.key: p.value for p in onnx.load(str(run / "quantized.onnx")).metadata_props}
     assert meta["source_model"] == FACTORY
-    assert "PASS" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "PASS" in report
+    cal = m["calibration_result"]
+    assert float(cal["activation_percentile"]) in (99.9, 99.95, 99.98, 99.99, 99.995, 99.999)
+    assert cal["bias_corrected_layers"] > 0
+    assert set(cal["seconds"]) >= {"calibration", "percentile_search", "bias_correction"}
+    assert f"Activation ranges: the {cal['activation_percentile']}th percentile" in report
     # the packed artifact restores the same simulation
     qm = edgeq.load(run)
     x = torch.randn(2, 3, 224, 224)

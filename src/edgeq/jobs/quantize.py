@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from edgeq.export import onnx_bytes
 from edgeq.recipe import dump, to_config
 from edgeq.report.build import build_report
 from edgeq.runs import write_text_atomic
-from edgeq.runtime import measure_latency, ort_session
+from edgeq.runtime import machine_info, measure_latency, ort_session
 
 
 @dataclass
@@ -79,6 +78,9 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     bs = recipe["calibration"]["batch_size"]
     qm = edgeq.quantize(model, _batches(calib_x, bs), config, progress=job.progress)
     job.log(f"quantized in {qm.seconds:.1f} s; {len(qm.placement.quantized_layers)} layers")
+    chosen = qm.calibration.get("activation_percentile")
+    if chosen is not None:
+        job.log(f"activation ranges: {chosen}th percentile (best logits SQNR of the search)")
     if qm.placement.float_ops:
         job.log(f"kept in float: {', '.join(qm.placement.float_ops)}")
 
@@ -200,12 +202,9 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
             "weight_bits": bits,
             "float_ops": qm.placement.float_ops,
         },
+        "calibration_result": _calibration_summary(qm),
         "seconds": {"quantize": qm.seconds, "total": time.perf_counter() - t_start},
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "versions": {
             "edgeq": edgeq.__version__,
             "torch": torch.__version__,
@@ -216,3 +215,14 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     build_report(out, metrics, errors)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
+
+
+def _calibration_summary(qm: edgeq.QuantizedModel) -> dict[str, Any]:
+    """What calibration chose, JSON-ready (percentile keys become strings)."""
+    cal = dict(qm.calibration)
+    if "percentile_search_sqnr_db" in cal:
+        cal["percentile_search_sqnr_db"] = {
+            str(p): v for p, v in cal["percentile_search_sqnr_db"].items()
+        }
+    cal["padded_inputs"] = qm.placement.padded_inputs
+    return cal

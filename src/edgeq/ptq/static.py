@@ -35,8 +35,9 @@ class QuantizedModel:
     placement: PlacementReport
     seconds: float
     source: dict | None = None
-    # what calibration chose: {"activation_percentile": p, "percentile_search_sqnr_db":
-    # {candidate: output SQNR against float}} when a percentile search ran
+    # what calibration chose ("activation_percentile", "percentile_search_sqnr_db":
+    # {candidate: output SQNR against float}, "bias_corrected_layers", ...) and how
+    # long each phase took ("seconds"); empty when nothing was calibrated
     calibration: dict = field(default_factory=dict)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,6 +159,7 @@ def quantize(
 
         batches = tqdm(batches, desc="calibrating", unit="batch", disable=None)
     seen: list[torch.Tensor] = []
+    t_calib = time.perf_counter()
     for x in batches:
         gm(x)
         seen.append(x)
@@ -165,19 +167,29 @@ def quantize(
             break
     if not seen:
         raise QuantInputError("calibration data is empty: no batch was produced")
+    phases = {"capture_and_rewrite": t_calib - t0, "calibration": time.perf_counter() - t_calib}
+    t = time.perf_counter()
     freeze(gm)
-    calibration = _refine(gm, float_gm, seen, config)
+    phases["weight_scales"] = time.perf_counter() - t
+    calibration = _refine(gm, float_gm, seen, config, phases)
+    calibration["seconds"] = phases
     seconds = time.perf_counter() - t0
     return QuantizedModel(gm, float_gm, config, report, seconds, source, calibration)
 
 
 def _refine(
-    gm: fx.GraphModule, float_gm: fx.GraphModule, seen: list[torch.Tensor], config: PTQConfig
+    gm: fx.GraphModule,
+    float_gm: fx.GraphModule,
+    seen: list[torch.Tensor],
+    config: PTQConfig,
+    phases: dict[str, float],
 ) -> dict:
     """After calibration: the activation percentile search, then bias correction, on
-    the first calibration batches. Returns what they chose (`QuantizedModel.calibration`)."""
+    the first calibration batches. Returns what they chose (`QuantizedModel.calibration`)
+    and adds their durations to ``phases``."""
     calibration: dict = {}
     candidates = config.percentile_candidates()
+    t = time.perf_counter()
     if len(candidates) > 1:
         scores = search_percentile(
             gm,
@@ -188,10 +200,13 @@ def _refine(
         )
         calibration["activation_percentile"] = best_percentile(scores)
         calibration["percentile_search_sqnr_db"] = scores
+        phases["percentile_search"] = time.perf_counter() - t
     if config.bias_correction:
+        t = time.perf_counter()
         batches = search_batches(seen, BIAS_CORRECTION_IMAGES)
         calibration["bias_corrected_layers"] = correct_biases(gm, batches)
         calibration["bias_correction_images"] = sum(len(x) for x in batches)
+        phases["bias_correction"] = time.perf_counter() - t
     return calibration
 
 
