@@ -432,3 +432,15 @@ def test_linear_on_channels_last_tensors_exports_as_qgemm_bit_exact(tmp_path):
     with torch.no_grad():
         sim = qm.module(x).numpy()
     np.testing.assert_array_equal(_ort_logits(path, x), sim)
+
+
+def test_many_float_ops_are_summarized_by_kind():
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(6):
+        layers += [nn.Conv2d(8, 8, 1), nn.Sigmoid()]
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), *layers).eval()
+    with pytest.warns(UserWarning, match=r"6 op\(s\) stay in float.*: 6 Sigmoid \(first: _2 \("):
+        qm = quantize(model, [torch.randn(2, 3, 4, 4)], PTQConfig(bias_correction=False))
+    assert len(qm.placement.float_ops) == 6  # every one still listed
+    assert qm.placement.float_op_kinds == {"Sigmoid": 6}

@@ -80,6 +80,20 @@ class PlacementReport:
     activation_quantizers: list[str] = field(default_factory=list)
     float_ops: list[str] = field(default_factory=list)
     padded_inputs: list[str] = field(default_factory=list)  # rule 5: "name: 3 -> 4 channels"
+    # ops kept in float for want of an integer kernel, counted by module type or function
+    float_op_kinds: dict[str, int] = field(default_factory=dict)
+
+    def float_summary(self) -> str:
+        """The ops kept in float for want of an integer kernel, short enough for one
+        warning: all of them when few, else counts by kind and the first three."""
+        ops = [f for f in self.float_ops if "by the config" not in f]
+        if len(ops) <= 5:
+            return "; ".join(ops)
+        kinds = sorted(self.float_op_kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+        return (
+            ", ".join(f"{n} {k}" for k, n in kinds)
+            + f" (first: {'; '.join(ops[:3])}; all in QuantizedModel.placement.float_ops)"
+        )
 
 
 def _relu_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
@@ -279,6 +293,8 @@ def prepare(
             if kind == "float" and not _moves_data(node):
                 target = getattr(node.target, "__name__", node.target)
                 report.float_ops.append(f"{node.name} ({node.op} {target})")
+                what = type(modules[node.target]).__name__ if node.op == "call_module" else target
+                report.float_op_kinds[str(what)] = report.float_op_kinds.get(str(what), 0) + 1
             continue
         if all(u.op == "output" for u in node.users):
             continue  # final output stays float

@@ -122,7 +122,7 @@ def quantize(
     if unsupported and static:
         msg = (
             f"{len(unsupported)} op(s) stay in float (no integer kernel edgeq can place): "
-            + "; ".join(unsupported)
+            + report.float_summary()
         )
         if config.strict:
             raise QuantInputError(msg + " (strict=True)")
