@@ -15,7 +15,7 @@ from edgeq.data.samples import sample_photo_batch
 from edgeq.graph import QuantConv2d
 from edgeq.graph.qmodules import ActivationQuantizer
 from edgeq.ptq import PTQConfig
-from edgeq.ptq.range_search import output_sqnr_db, search_batches
+from edgeq.ptq.range_search import first_images, output_sqnr_db
 from edgeq.ptq.static import refreeze_activations
 from edgeq.quant import QuantSpec
 
@@ -66,9 +66,9 @@ def test_output_sqnr_known_answers():
     assert output_sqnr_db([pair], [noisy]) == pytest.approx(10 * math.log10(8.0 / 4.0))
 
 
-def test_search_batches_take_the_first_images():
+def test_first_images_come_from_the_first_batches():
     batches = [torch.zeros(32, 3), torch.ones(32, 3), torch.ones(32, 3)]
-    got = search_batches(batches, 40)
+    got = first_images(batches, 40)
     assert [len(b) for b in got] == [32, 8]
     assert float(got[1].sum()) == 24.0
 

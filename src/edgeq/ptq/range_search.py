@@ -54,7 +54,7 @@ def output_sqnr_db(reference: Sequence[object], output: Sequence[object]) -> flo
     return 10.0 * torch.log10(torch.tensor(signal / noise)).item()
 
 
-def search_batches(batches: Sequence[torch.Tensor], images: int = SEARCH_IMAGES) -> list:
+def first_images(batches: Sequence[torch.Tensor], images: int = SEARCH_IMAGES) -> list:
     """The first ``images`` calibration inputs, in batches as given."""
     out, n = [], 0
     for x in batches:
@@ -78,7 +78,7 @@ def search_percentile(
     Args:
         gm: the calibrated, frozen quantized model.
         float_gm: the same graph in float (the reference).
-        batches: the inputs to score on (`search_batches`).
+        batches: the inputs to score on (`first_images`).
         candidates: percentiles to try.
         apply: sets ``gm``'s activation ranges to one percentile.
 

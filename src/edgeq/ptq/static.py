@@ -18,7 +18,7 @@ from edgeq.graph.qlstm import QuantLSTM
 from edgeq.graph.qmodules import ActivationQuantizer, IntegerOp, QuantConv2d, QuantLinear
 from edgeq.ptq.bias_correction import BIAS_CORRECTION_IMAGES, correct_biases
 from edgeq.ptq.config import Mode, PTQConfig, Target
-from edgeq.ptq.range_search import best_percentile, search_batches, search_percentile
+from edgeq.ptq.range_search import best_percentile, first_images, search_percentile
 from edgeq.quant import QuantInputError
 
 
@@ -194,7 +194,7 @@ def _refine(
         scores = search_percentile(
             gm,
             float_gm,
-            search_batches(seen),
+            first_images(seen),
             candidates,
             lambda p: refreeze_activations(gm, percentile=p),
         )
@@ -203,7 +203,7 @@ def _refine(
         phases["percentile_search"] = time.perf_counter() - t
     if config.bias_correction:
         t = time.perf_counter()
-        batches = search_batches(seen, BIAS_CORRECTION_IMAGES)
+        batches = first_images(seen, BIAS_CORRECTION_IMAGES)
         calibration["bias_corrected_layers"] = correct_biases(gm, batches)
         calibration["bias_correction_images"] = sum(len(x) for x in batches)
         phases["bias_correction"] = time.perf_counter() - t
