@@ -196,6 +196,14 @@ def main() -> None:
         "ort_vs_sim": ort_vs_sim,
         "artifacts": artifacts,
         "resnet18_random_weights": resnet18,
+        "edgeq_calibration": {
+            "activation_percentile": qm.calibration.get("activation_percentile"),
+            "percentile_search_sqnr_db": {
+                str(p): v for p, v in qm.calibration.get("percentile_search_sqnr_db", {}).items()
+            },
+            "bias_corrected_layers": qm.calibration.get("bias_corrected_layers"),
+            "seconds": qm.calibration.get("seconds"),
+        },
         "machine": {
             **machine_info(),
             "threads": 2,
@@ -260,6 +268,12 @@ def _markdown(res: dict) -> str:
         f"{r['latency_ratio_b1']:.2f}, batch 32 {r['latency_ratio_b32']:.2f}.",
         "",
         f"edgeq ops after ONNX Runtime optimization: {e['ops']}.",
+        "",
+        f"edgeq calibration: activation percentile "
+        f"{res['edgeq_calibration']['activation_percentile']} (search), bias correction on "
+        f"{res['edgeq_calibration']['bias_corrected_layers']} layers; seconds per phase: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in (res["edgeq_calibration"]["seconds"] or {}).items())
+        + ".",
         "",
     ]
     return "\n".join(lines)

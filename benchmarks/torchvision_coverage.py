@@ -78,6 +78,7 @@ def _one(name: str, q: mp.Queue) -> None:
             sim = qm(x).numpy()
         res["status"] = "ok"
         res["ort_vs_sim_max_abs"] = float(np.abs(ours - sim).max())
+        res["logits_max_abs"] = float(np.abs(sim).max())  # the scale that difference is on
         res["ort_vs_sim_top1_agreement"] = float((ours.argmax(1) == sim.argmax(1)).mean())
     except Exception as e:
         res["status"] = "error"
