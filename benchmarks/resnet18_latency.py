@@ -23,7 +23,7 @@ from edgeq.runtime import machine_info, measure_latency, ort_session
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds-b1", type=int, default=300)
-    parser.add_argument("--rounds-b32", type=int, default=20)
+    parser.add_argument("--rounds-b32", type=int, default=60)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -102,8 +102,8 @@ def test_input_channel_padding_is_exact_and_reported(tmp_path):
     assert qm.placement.padded_inputs == ["stem.0: 3 -> 4 channels"]
     path = export_onnx(qm.module, tmp_path / "q.onnx", x[:1])
     graph = onnx.load(path).graph
-    assert graph.node[0].op_type == "Pad"  # on the float input, before QuantizeLinear
-    assert graph.node[1].op_type == "QuantizeLinear"
+    # the uint8 levels are padded with the zero point, between QuantizeLinear and DQ
+    assert [n.op_type for n in graph.node[:3]] == ["QuantizeLinear", "Pad", "DequantizeLinear"]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         assert np.array_equal(sess.run(None, {"input": x.numpy()})[0], qm(x).numpy())
@@ -116,8 +116,10 @@ def _single_layer_onnx(em: _Emitter, node, mod) -> onnx.ModelProto:
     if any(mod.pad_in()):  # as the model's input quantizer emits it
         before, after = mod.pad_in()
         pads = em.init("pads", np.array([0, before, 0, 0, 0, after, 0, 0], np.int64))
-        x = em.add("Pad", [x, pads], "input_pad")
-    y = em.layer(node, em.qdq(x, s, z, "in"))
+        q = em.add("Pad", [em.add("QuantizeLinear", [x, s, z], "in_q"), pads, z], "in_pad")
+        y = em.layer(node, em.add("DequantizeLinear", [q, s, z], "in_dq"))
+    else:
+        y = em.layer(node, em.qdq(x, s, z, "in"))
     sy = em.init("sy", mod.output_scale.numpy().astype(np.float32))
     zy = em.init("zy", mod.output_zero_point.numpy().astype(np.uint8))
     out = em.qdq(y, sy, zy, "out")

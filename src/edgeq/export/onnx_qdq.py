@@ -87,9 +87,13 @@ class _Emitter:
             zp = self.init(f"{name}_zp", m.zero_point.numpy().astype(dtype))
             self.qparams[node] = (scale, zp)
             before, after = self._input_channel_pad(node)
-            if before or after:  # zeros quantize to the zero point: exact; cheapest before Q
+            if before or after:
+                # Q -> Pad (uint8, with the zero point: the level of 0.0) -> DQ: exact, and
+                # the pad moves bytes, not floats (measured faster than a float Pad)
                 pads = np.array([0, before, 0, 0, 0, after, 0, 0], np.int64)
-                x = self.add("Pad", [x, self.init(f"{name}_pads", pads)], f"{name}_pad")
+                q = self.add("QuantizeLinear", [x, scale, zp], f"{name}_q")
+                padded = self.add("Pad", [q, self.init(f"{name}_pads", pads), zp], f"{name}_pad")
+                return self.add("DequantizeLinear", [padded, scale, zp], f"{name}_dq")
             return self.qdq(x, scale, zp, name)
         if kind == "layer":
             return self.layer(node, x)

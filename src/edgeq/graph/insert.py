@@ -17,10 +17,10 @@ Rules (ONNX Runtime's QDQ selectors turn DQ -> op -> Q into integer kernels):
    (`edgeq.quant.saturation.input_channel_pad`): ONNX Runtime's symmetric conv
    kernels need that multiple, and without them the first conv of MobileNetV2 runs
    no faster in int8 than in float. The padding is exact (the zero channels quantize
-   to the zero point, their weights are 0), and the pad happens on the float input
-   before its QuantizeLinear, where it costs least. Where the pair limit applies, the
-   zeros go before or after the real channels, whichever leaves the smaller weight
-   error (`QuantConv2d.freeze_weight`).
+   to the zero point, their weights are 0); the exporter pads the uint8 levels with
+   the zero point between the input's QuantizeLinear and DequantizeLinear. Where the
+   pair limit applies, the zeros go before or after the real channels, whichever
+   leaves the smaller weight error (`QuantConv2d.freeze_weight`).
 """
 
 from __future__ import annotations
