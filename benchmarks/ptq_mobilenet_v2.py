@@ -115,6 +115,7 @@ def main() -> None:
         b: measure_latency(sessions, x[:b].numpy(), rounds=args.rounds * (5 if b == 1 else 1))
         for b in (1, 32)
     }
+    head_to_head = _head_to_head(sessions, lat, x, args.rounds) if not args.skip_peers else {}
     models = {}
     for k in sessions:
         models[k] = {
@@ -199,6 +200,7 @@ def main() -> None:
         "sim_top1": float((sim.argmax(1) == labels).mean()),
         "models": models,
         "ort_vs_sim": ort_vs_sim,
+        "head_to_head": head_to_head,
         "artifacts": artifacts,
         "resnet18_random_weights": resnet18,
         "edgeq_calibration": {
@@ -223,6 +225,31 @@ def main() -> None:
     (args.out / "ptq_mobilenet_v2.md").write_text(md)
     print(md)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _head_to_head(sessions, lat, x, rounds: int, repeats: int = 5) -> dict:
+    """edgeq against the fastest quantize_static model of the main run, at each batch
+    size, in ``repeats`` more measurements of the two alone: the ratio edgeq / fastest
+    per repetition. The fastest of four models of equal speed is a minimum of noisy
+    samples, biased low; repeated pairs say whether a difference is real."""
+    out = {}
+    for b in (1, 32):
+        ort_keys = [k for k in lat[b] if k.startswith("ort-")]
+        best = min(ort_keys, key=lambda k: lat[b][k])
+        pair = {"edgeq": sessions["edgeq"], best: sessions[best]}
+        ratios = []
+        for _ in range(repeats):
+            t = measure_latency(pair, x[:b].numpy(), rounds=rounds * (5 if b == 1 else 1))
+            ratios.append(t["edgeq"] / t[best])
+        out[str(b)] = {
+            "fastest_quantize_static": best,
+            "ratios": ratios,
+            "mean": float(np.mean(ratios)),
+            "std": float(np.std(ratios)),
+            "edgeq_faster": int(sum(r < 1.0 for r in ratios)),
+        }
+        print(f"head to head at batch {b} vs {best}: {out[str(b)]}", flush=True)
+    return out
 
 
 def _fmt(v, spec: str) -> str:
@@ -270,6 +297,12 @@ def _markdown(res: dict) -> str:
         f"(top-1 {a['int4_weight_only_g128']['top1']:.3f}, agreement "
         f"{a['int4_weight_only_g128']['agreement_with_fp32']:.3f}).",
         "",
+        *[
+            f"Head to head at batch {b}, edgeq / {h['fastest_quantize_static']} (the fastest "
+            f"quantize_static model above), {len(h['ratios'])} repeated pairs: "
+            f"{h['mean']:.3f} +- {h['std']:.3f}; edgeq faster in {h['edgeq_faster']}.\n"
+            for b, h in res["head_to_head"].items()
+        ],
         f"ResNet-18 (random weights) edgeq int8 / FP32 latency: batch 1 "
         f"{r['latency_ratio_b1']:.2f}, batch 32 {r['latency_ratio_b32']:.2f}.",
         "",
