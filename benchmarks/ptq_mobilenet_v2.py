@@ -56,13 +56,23 @@ def _dir_bytes(folder: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("data", type=Path)
+    parser.add_argument("data", type=Path, nargs="?")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="redraw the markdown and plots from --out's JSON, measuring nothing",
+    )
     parser.add_argument("--skip-peers", action="store_true", help="edgeq only (quick check)")
     parser.add_argument(
         "--rounds", type=int, default=60, help="timed runs per model at batch 32 (5x at batch 1)"
     )
     args = parser.parse_args()
+    if args.render_only:
+        _render(json.loads((args.out / "ptq_mobilenet_v2.json").read_text()), args.out)
+        return
+    if args.data is None:
+        parser.error("the data folder is required (unless --render-only)")
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp(prefix="edgeq-bench-"))
 
@@ -221,10 +231,31 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ptq_mobilenet_v2.json").write_text(json.dumps(res, indent=2) + "\n")
-    md = _markdown(res)
-    (args.out / "ptq_mobilenet_v2.md").write_text(md)
-    print(md)
+    _render(res, args.out)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _render(res: dict, out: Path) -> None:
+    """The markdown table and the accuracy-vs-latency plots of one run's results."""
+    from edgeq.report.plots import tradeoff
+
+    md = _markdown(res)
+    (out / "ptq_mobilenet_v2.md").write_text(md)
+    for b in (1, 32):
+        # agreement, not top-1: on 298 images top-1 moves by whole images (0.34 pt)
+        points = {
+            k: (m[f"latency_ratio_b{b}"], m["agreement_with_fp32"])
+            for k, m in res["models"].items()
+            if m.get(f"latency_ratio_b{b}") is not None
+        }
+        tradeoff(
+            points,
+            f"ONNX Runtime latency at batch {b} (fraction of FP32)",
+            f"MobileNetV2 W8A8: agreement with FP32 vs latency, batch {b}",
+            out / f"ptq_mobilenet_v2_latency_b{b}.png",
+            ylabel="top-1 agreement with FP32 (%)",
+        )
+    print(md)
 
 
 def _head_to_head(sessions, lat, x, rounds: int, repeats: int = 5) -> dict:

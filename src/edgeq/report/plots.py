@@ -73,9 +73,17 @@ def layer_histograms(error: LayerError, path: Path) -> Path:
     return path
 
 
-def tradeoff(points: dict[str, tuple[float, float]], xlabel: str, title: str, path: Path) -> Path:
-    """Scatter of (x, top-1) per run/config; a legend names the points (labels drawn
-    next to points overlap when configs land on the same spot)."""
+def tradeoff(
+    points: dict[str, tuple[float, float]],
+    xlabel: str,
+    title: str,
+    path: Path,
+    *,
+    ylabel: str = "top-1 accuracy (%)",
+) -> Path:
+    """Scatter of (x, fraction) per run/config, the fraction drawn in percent (top-1
+    by default); a legend names the points (labels drawn next to points overlap when
+    configs land on the same spot)."""
     fig, ax = plt.subplots(figsize=(8, 4.2))
     markers = "osD^vP*Xh<>p"
     for i, (label, (x, acc)) in enumerate(points.items()):
@@ -84,7 +92,7 @@ def tradeoff(points: dict[str, tuple[float, float]], xlabel: str, title: str, pa
         )
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
