@@ -235,15 +235,27 @@ def test_recipe_turns_the_search_and_the_correction_off():
     assert to_config(resolve()).percentile_search == (99.9, 99.95, 99.98, 99.99, 99.995, 99.999)
 
 
+def test_recipe_percentile_without_a_search_is_used_as_is():
+    alone = to_config(resolve({"activation": {"percentile": 99.99}}))
+    assert alone.activation.percentile == 99.99
+    assert alone.percentile_candidates() == (99.99,)  # one candidate: no search
+    from_flag = to_config(resolve(flags={"activation.percentile": 99.9}))
+    assert from_flag.percentile_candidates() == (99.9,)
+    both = to_config(
+        resolve({"activation": {"percentile": 99.99, "percentile_search": [99.9, 99.999]}})
+    )
+    assert both.percentile_candidates() == (99.9, 99.99, 99.999)
+
+
 @pytest.mark.parametrize(
     ("recipe", "message"),
     [
-        ({"weight": {"bitz": 4}}, "unknown key weight.'bitz'; did you mean weight.'bits'?"),
+        ({"weight": {"bitz": 4}}, "unknown key 'weight.bitz'; did you mean 'weight.bits'?"),
         ({"calibraton": {}}, "did you mean 'calibration'?"),
         ({"mode": "statik"}, "did you mean 'static'?"),
         ({"weight": {"bits": 1}}, "weight: bits=1"),
         ({"calibration": {"images": 0}}, "calibration.images=0 must be a positive integer"),
-        ({"overrides": [{"match": "fc", "bitz": 4}]}, "did you mean overrides[0].'bits'?"),
+        ({"overrides": [{"match": "fc", "bitz": 4}]}, "did you mean 'overrides[0].bits'?"),
         ({"overrides": [{"match": "fc", "bits": 4, "float": True}]}, "not both"),
         (
             {"activation": {"percentile_search": 99.9}},
@@ -273,7 +285,7 @@ def test_recipe_error_exits_1_through_the_command(tmp_path, capsys):
         main(["quantize", FACTORY, "--calib", ".", "--config", str(recipe), "--out", str(out)]) == 1
     )
     assert not out.exists()
-    assert "did you mean weight.'bits'" in capsys.readouterr().err
+    assert "did you mean 'weight.bits'" in capsys.readouterr().err
 
 
 def test_overrides_keep_layers_in_float_or_change_bits(tmp_path, images):

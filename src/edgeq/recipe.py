@@ -13,7 +13,9 @@
       - {match: features.0.*, bits: 8}
       - {match: classifier.*, float: true}
 
-Flags override the file; the file overrides the defaults. Unknown keys and bad values
+Flags override the file; the file overrides the defaults. A recipe that sets
+``activation.percentile`` without ``activation.percentile_search`` gets that percentile
+alone (no search). Unknown keys and bad values
 are `RecipeError`s that name the key (``weight.bitz``) and suggest the closest valid
 one. `resolve` returns the full recipe, every default filled in, ready to print or
 write next to the results.
@@ -74,8 +76,10 @@ _CHOICES = {
 
 def _unknown(key: str, allowed: set[str] | list[str], where: str) -> RecipeError:
     close = difflib.get_close_matches(key, sorted(allowed), n=1)
-    hint = f"; did you mean {where}{close[0]!r}?" if close else ""
-    return RecipeError(f"unknown key {where}{key!r}{hint} (valid: {', '.join(sorted(allowed))})")
+    hint = f"; did you mean {where + close[0]!r}?" if close else ""
+    return RecipeError(
+        f"unknown key {where + str(key)!r}{hint} (valid: {', '.join(sorted(allowed))})"
+    )
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -119,11 +123,20 @@ def resolve(
         RecipeError: unknown key (with the closest valid one) or bad value.
     """
     out = _merge(DEFAULTS, recipe or {})
+    given: set[str] = {
+        f"{section}.{key}"
+        for section, body in (recipe or {}).items()
+        if isinstance(body, dict)
+        for key in body
+    }
     for dotted, value in (flags or {}).items():
         if value is None:
             continue
+        given.add(dotted)
         section, _, key = dotted.partition(".")
         out = _merge(out, {section: {key: value}} if key else {section: value})
+    if "activation.percentile" in given and "activation.percentile_search" not in given:
+        out["activation"]["percentile_search"] = []  # the percentile asked for, as is
     for k, choices in _CHOICES.items():
         if out[k] not in choices:
             close = difflib.get_close_matches(str(out[k]), choices, n=1)
