@@ -37,6 +37,26 @@ def test_pickled_code_is_refused(tmp_path):
         load_state_dict_file(path)
 
 
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_truncated_or_junk_weights_files_are_named(tmp_path, suffix):
+    good = tmp_path / f"good{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(small().state_dict(), str(good))
+    else:
+        torch.save(small().state_dict(), good)
+    data = good.read_bytes()
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(data[: len(data) // 2])
+    junk = tmp_path / f"junk{suffix}"
+    junk.write_bytes(b"\x00garbage" * 100)
+    assert set(load_state_dict_file(good)) == set(small().state_dict())
+    for bad in (truncated, junk):
+        with pytest.raises(ModelLoadError, match=rf"{bad.name}: not a valid checkpoint"):
+            load_state_dict_file(bad)
+
+
 def test_factory_reference():
     model = load_model(f"{__name__}:small")
     assert isinstance(model[0], nn.Conv2d)
