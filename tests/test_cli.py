@@ -357,6 +357,30 @@ def test_sensitivity_ranks_every_layer_and_suggests_overrides(tmp_path, images, 
     assert (out / "plots" / "sensitivity.png").is_file()
 
 
+def test_sensitivity_switchboard_gives_float_layers_their_float_bias():
+    from edgeq.jobs.sensitivity import LayerSwitchboard
+
+    torch.manual_seed(1)
+    calib = [torch.randn(8, 3, 32, 32) for _ in range(4)]
+    qm = edgeq.quantize(tiny_classifier(), calib)
+    assert qm.calibration["bias_corrected_layers"] == 3
+    board = LayerSwitchboard(qm)
+    assert board.names == ["stem.0", "block.0", "fc"]
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        reference = qm.float_module(x)
+        board.set_all(False)
+        all_float = qm.module(x)
+        board.only_quantized("fc")
+        fc_alone = qm.module(x)
+        board.set_all(True)
+        all_quantized = qm.module(x)
+    # corrected biases kept in float layers would shift every logit
+    torch.testing.assert_close(all_float, reference, rtol=0, atol=1e-5)
+    assert not torch.equal(fc_alone, reference)
+    assert not torch.equal(all_quantized, fc_alone)
+
+
 def test_weight_only_run_writes_the_artifact_and_report(tmp_path, images):
     out = tmp_path / "w4"
     recipe = tmp_path / "r.yaml"

@@ -3,7 +3,8 @@
 The model is quantized once (calibrated once). Then, in the fake-quantized simulation
 (float arithmetic on the same grids), each conv/linear layer is in turn (a) the only
 layer left in float, everything else quantized, and (b) the only layer quantized,
-everything else float. Each setting is scored on the evaluation images against the
+everything else float (`LayerSwitchboard`; a layer in float gets its float bias back
+from bias correction). Each setting is scored on the evaluation images against the
 FP32 model: logits SQNR, top-1 agreement and, with labels, top-1. Layers are ranked by
 how much SQNR keeping them in float recovers; the worst few are suggested as recipe
 overrides.
@@ -47,6 +48,76 @@ class SensitivityJob:
     log: Callable[[str], None] = print
 
 
+class LayerSwitchboard:
+    """Switches the conv/linear layers of a quantized model between quantized and
+    float one at a time, in its fake-quantized simulation (float arithmetic on the
+    same grids; the integer kernels need every neighbour quantized).
+
+    A layer in float runs its float weights and its float bias: bias correction
+    (`edgeq.ptq.bias_correction`) adds each quantized layer's rounding shift to its
+    bias, which a float layer must not keep. With every layer in float the model
+    computes what ``qm.float_module`` computes.
+    """
+
+    def __init__(self, qm: edgeq.QuantizedModel) -> None:
+        gm = qm.module
+        modules = dict(gm.named_modules())
+        float_modules = dict(qm.float_module.named_modules()) if qm.float_module else {}
+        self._layers: dict[str, tuple] = {}
+        for node in gm.graph.nodes:
+            m = modules.get(node.target) if node.op == "call_module" else None
+            if not (isinstance(m, QuantConv2d | QuantLinear) and m.quantized):
+                continue
+            if node.target not in float_modules:
+                raise RuntimeError(f"layer {node.target}: not found in the float model")
+            float_bias = getattr(float_modules[node.target], "bias", None)
+            biases = None
+            if m.bias is not None:
+                fb = torch.zeros_like(m.bias) if float_bias is None else float_bias.detach()
+                biases = (m.bias.detach().clone(), fb.clone())  # (quantized, float)
+            m.integer_exact = False  # fake-quant path: layers can be switched one by one
+            qin = feeding_quantizer(node.args[0], modules)
+            self._layers[node.target] = (m, biases, qin, output_quantizer(node, modules))
+        self._quantizers = [m for m in modules.values() if isinstance(m, ActivationQuantizer)]
+        self._int_ops = [m for m in modules.values() if isinstance(m, IntegerOp)]
+
+    @property
+    def names(self) -> list[str]:
+        """The switchable layers, in graph order."""
+        return list(self._layers)
+
+    def _layer(self, name: str, quantized: bool) -> None:
+        m, biases, _, _ = self._layers[name]
+        m.quantized = quantized
+        if biases is not None:
+            with torch.no_grad():
+                m.bias.copy_(biases[0] if quantized else biases[1])
+
+    def set_all(self, quantized: bool) -> None:
+        for name in self._layers:
+            self._layer(name, quantized)
+        for q in self._quantizers:
+            q.enabled = quantized
+        for op in self._int_ops:
+            op.integer = quantized and op.out_spec is not None
+
+    def only_float(self, name: str) -> None:
+        """Every layer quantized but ``name`` (and its output quantizer)."""
+        self.set_all(True)
+        self._layer(name, False)
+        qout = self._layers[name][3]
+        if qout is not None:
+            qout.enabled = False
+
+    def only_quantized(self, name: str) -> None:
+        """Every layer in float but ``name`` (and the quantizers around it)."""
+        self.set_all(False)
+        self._layer(name, True)
+        for q in self._layers[name][2:]:
+            if q is not None:
+                q.enabled = True
+
+
 def run_sensitivity(job: SensitivityJob) -> dict[str, Any]:
     recipe = job.recipe
     model = edgeq.load_model(job.model, job.weights, capture=recipe["capture"])
@@ -59,57 +130,26 @@ def run_sensitivity(job: SensitivityJob) -> dict[str, Any]:
     ex, ey = ev.tensors(range(min(job.images, len(ev))))
     labels = ey.numpy()
     gm = qm.module
-    modules = dict(gm.named_modules())
+    board = LayerSwitchboard(qm)
     with torch.no_grad():
         fp = model(ex).numpy()
-
-    layers = []
-    for node in gm.graph.nodes:
-        m = modules.get(node.target) if node.op == "call_module" else None
-        if isinstance(m, QuantConv2d | QuantLinear) and m.quantized:
-            m.integer_exact = False  # fake-quant path: layers can be switched one by one
-            layers.append(
-                (
-                    node.target,
-                    m,
-                    feeding_quantizer(node.args[0], modules),
-                    output_quantizer(node, modules),
-                )
-            )
-    quantizers = [m for m in modules.values() if isinstance(m, ActivationQuantizer)]
-    int_ops = [m for m in modules.values() if isinstance(m, IntegerOp)]
 
     def evaluate() -> dict[str, float]:
         with torch.no_grad():
             logits = np.concatenate([gm(ex[i : i + 32]).numpy() for i in range(0, len(ex), 32)])
         return score(logits, labels, fp)
 
-    def set_all(on: bool) -> None:
-        for _, m, _, _ in layers:
-            m.quantized = on
-        for q in quantizers:
-            q.enabled = on
-        for op in int_ops:
-            op.integer = on and op.out_spec is not None
-
     base = evaluate()
     rows = []
-    it: Any = layers
+    it: Any = board.names
     if job.progress:
         from tqdm import tqdm
 
-        it = tqdm(layers, desc="layers", unit="layer", disable=None)
-    for name, m, qin, qout in it:
-        set_all(True)
-        m.quantized = False
-        if qout is not None:
-            qout.enabled = False
+        it = tqdm(board.names, desc="layers", unit="layer", disable=None)
+    for name in it:
+        board.only_float(name)
         kept_float = evaluate()
-        set_all(False)
-        m.quantized = True
-        for q in (qin, qout):
-            if q is not None:
-                q.enabled = True
+        board.only_quantized(name)
         alone = evaluate()
         rows.append(
             {
@@ -123,7 +163,7 @@ def run_sensitivity(job: SensitivityJob) -> dict[str, Any]:
                 "only_quantized_top1": alone["top1"],
             }
         )
-    set_all(True)
+    board.set_all(True)
     ranked = sorted(rows, key=lambda r: -r["sqnr_gain_db"])
     suggestions = [{"match": r["layer"], "float": True} for r in ranked[: job.suggest]]
 
