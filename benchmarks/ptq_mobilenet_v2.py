@@ -215,9 +215,7 @@ def main() -> None:
         "resnet18_random_weights": resnet18,
         "edgeq_calibration": {
             "activation_percentile": qm.calibration.get("activation_percentile"),
-            "percentile_search_sqnr_db": {
-                str(p): v for p, v in qm.calibration.get("percentile_search_sqnr_db", {}).items()
-            },
+            "percentile_search_sqnr_db": qm.calibration.get("percentile_search_sqnr_db", {}),
             "bias_corrected_layers": qm.calibration.get("bias_corrected_layers"),
             "seconds": qm.calibration.get("seconds"),
         },

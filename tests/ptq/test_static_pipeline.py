@@ -112,14 +112,7 @@ def test_input_channel_padding_is_exact_and_reported(tmp_path):
 def _single_layer_onnx(em: _Emitter, node, mod) -> onnx.ModelProto:
     s = em.init("sx", mod.input_scale.numpy().astype(np.float32))
     z = em.init("zx", mod.input_zero_point.numpy().astype(np.uint8))
-    x = "input"
-    if any(mod.pad_in()):  # as the model's input quantizer emits it
-        before, after = mod.pad_in()
-        pads = em.init("pads", np.array([0, before, 0, 0, 0, after, 0, 0], np.int64))
-        q = em.add("Pad", [em.add("QuantizeLinear", [x, s, z], "in_q"), pads, z], "in_pad")
-        y = em.layer(node, em.add("DequantizeLinear", [q, s, z], "in_dq"))
-    else:
-        y = em.layer(node, em.qdq(x, s, z, "in"))
+    y = em.layer(node, em.qdq("input", s, z, "in", mod.pad_in()))  # as the exporter does
     sy = em.init("sy", mod.output_scale.numpy().astype(np.float32))
     zy = em.init("zy", mod.output_zero_point.numpy().astype(np.uint8))
     out = em.qdq(y, sy, zy, "out")

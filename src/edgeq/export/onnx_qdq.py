@@ -29,6 +29,7 @@ from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
 from edgeq.ptq.config import Mode
 from edgeq.ptq.static import QuantizedModel
 from edgeq.quant import Granularity, QuantSpec, pack_bits
+from edgeq.quant.saturation import NO_PAD
 
 OPSET = 17
 aten_ops.register()
@@ -63,8 +64,16 @@ class _Emitter:
         self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
         return output
 
-    def qdq(self, x: str, scale: str, zp: str, base: str) -> str:
+    def qdq(self, x: str, scale: str, zp: str, base: str, pad_in: tuple[int, int] = NO_PAD) -> str:
+        """QuantizeLinear -> DequantizeLinear; with ``pad_in = (before, after)`` zero
+        channels, a Pad of the quantized levels between them."""
         q = self.add("QuantizeLinear", [x, scale, zp], f"{base}_q")
+        if any(pad_in):
+            # padded with the zero point (the level of 0.0): exact, and the pad moves
+            # bytes, not floats (measured faster than a float Pad)
+            before, after = pad_in
+            pads = self.init(f"{base}_pads", np.array([0, before, 0, 0, 0, after, 0, 0], np.int64))
+            q = self.add("Pad", [q, pads, zp], f"{base}_pad")
         return self.add("DequantizeLinear", [q, scale, zp], f"{base}_dq")
 
     def node(self, node: fx.Node) -> str:
@@ -86,15 +95,7 @@ class _Emitter:
             dtype = np.uint8 if not m.spec.signed else np.int8
             zp = self.init(f"{name}_zp", m.zero_point.numpy().astype(dtype))
             self.qparams[node] = (scale, zp)
-            before, after = self._input_channel_pad(node)
-            if before or after:
-                # Q -> Pad (uint8, with the zero point: the level of 0.0) -> DQ: exact, and
-                # the pad moves bytes, not floats (measured faster than a float Pad)
-                pads = np.array([0, before, 0, 0, 0, after, 0, 0], np.int64)
-                q = self.add("QuantizeLinear", [x, scale, zp], f"{name}_q")
-                padded = self.add("Pad", [q, self.init(f"{name}_pads", pads), zp], f"{name}_pad")
-                return self.add("DequantizeLinear", [padded, scale, zp], f"{name}_dq")
-            return self.qdq(x, scale, zp, name)
+            return self.qdq(x, scale, zp, name, self._input_channel_pad(node))
         if kind == "layer":
             return self.layer(node, x)
         if kind == "add" and not all(
@@ -153,7 +154,7 @@ class _Emitter:
         }
         if len(pads) > 1:
             raise ExportError(f"{quantizer.name}: its convs pad their input differently {pads}")
-        return pads.pop() if pads else (0, 0)
+        return pads.pop() if pads else NO_PAD
 
     def passthrough(self, node: fx.Node, x: str) -> str:
         m = self.modules.get(node.target) if node.op == "call_module" else None

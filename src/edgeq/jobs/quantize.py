@@ -202,7 +202,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
             "weight_bits": bits,
             "float_ops": qm.placement.float_ops,
         },
-        "calibration_result": _calibration_summary(qm),
+        "calibration_result": {**qm.calibration, "padded_inputs": qm.placement.padded_inputs},
         "seconds": {"quantize": qm.seconds, "total": time.perf_counter() - t_start},
         "machine": machine_info(),
         "versions": {
@@ -215,14 +215,3 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     build_report(out, metrics, errors)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
-
-
-def _calibration_summary(qm: edgeq.QuantizedModel) -> dict[str, Any]:
-    """What calibration chose, JSON-ready (percentile keys become strings)."""
-    cal = dict(qm.calibration)
-    if "percentile_search_sqnr_db" in cal:
-        cal["percentile_search_sqnr_db"] = {
-            str(p): v for p, v in cal["percentile_search_sqnr_db"].items()
-        }
-    cal["padded_inputs"] = qm.placement.padded_inputs
-    return cal

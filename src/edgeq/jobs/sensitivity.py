@@ -48,6 +48,14 @@ class SensitivityJob:
     log: Callable[[str], None] = print
 
 
+@dataclass
+class _Switch:
+    module: QuantConv2d | QuantLinear
+    biases: tuple[torch.Tensor, torch.Tensor] | None  # (quantized, float)
+    input_quantizer: ActivationQuantizer | None
+    output_quantizer: ActivationQuantizer | None
+
+
 class LayerSwitchboard:
     """Switches the conv/linear layers of a quantized model between quantized and
     float one at a time, in its fake-quantized simulation (float arithmetic on the
@@ -63,7 +71,7 @@ class LayerSwitchboard:
         gm = qm.module
         modules = dict(gm.named_modules())
         float_modules = dict(qm.float_module.named_modules()) if qm.float_module else {}
-        self._layers: dict[str, tuple] = {}
+        self._layers: dict[str, _Switch] = {}
         for node in gm.graph.nodes:
             m = modules.get(node.target) if node.op == "call_module" else None
             if not (isinstance(m, QuantConv2d | QuantLinear) and m.quantized):
@@ -74,10 +82,11 @@ class LayerSwitchboard:
             biases = None
             if m.bias is not None:
                 fb = torch.zeros_like(m.bias) if float_bias is None else float_bias.detach()
-                biases = (m.bias.detach().clone(), fb.clone())  # (quantized, float)
+                biases = (m.bias.detach().clone(), fb.clone())
             m.integer_exact = False  # fake-quant path: layers can be switched one by one
-            qin = feeding_quantizer(node.args[0], modules)
-            self._layers[node.target] = (m, biases, qin, output_quantizer(node, modules))
+            self._layers[node.target] = _Switch(
+                m, biases, feeding_quantizer(node.args[0], modules), output_quantizer(node, modules)
+            )
         self._quantizers = [m for m in modules.values() if isinstance(m, ActivationQuantizer)]
         self._int_ops = [m for m in modules.values() if isinstance(m, IntegerOp)]
 
@@ -87,11 +96,12 @@ class LayerSwitchboard:
         return list(self._layers)
 
     def _layer(self, name: str, quantized: bool) -> None:
-        m, biases, _, _ = self._layers[name]
-        m.quantized = quantized
-        if biases is not None:
+        switch = self._layers[name]
+        switch.module.quantized = quantized
+        bias = switch.module.bias
+        if switch.biases is not None and bias is not None:
             with torch.no_grad():
-                m.bias.copy_(biases[0] if quantized else biases[1])
+                bias.copy_(switch.biases[0 if quantized else 1])
 
     def set_all(self, quantized: bool) -> None:
         for name in self._layers:
@@ -105,7 +115,7 @@ class LayerSwitchboard:
         """Every layer quantized but ``name`` (and its output quantizer)."""
         self.set_all(True)
         self._layer(name, False)
-        qout = self._layers[name][3]
+        qout = self._layers[name].output_quantizer
         if qout is not None:
             qout.enabled = False
 
@@ -113,7 +123,8 @@ class LayerSwitchboard:
         """Every layer in float but ``name`` (and the quantizers around it)."""
         self.set_all(False)
         self._layer(name, True)
-        for q in self._layers[name][2:]:
+        switch = self._layers[name]
+        for q in (switch.input_quantizer, switch.output_quantizer):
             if q is not None:
                 q.enabled = True
 
