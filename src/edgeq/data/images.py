@@ -1,102 +1,117 @@
 """Image folders: ``images/`` + ``labels.csv`` (file,label[,...]) or one subfolder per class.
 
-Standard ImageNet preprocessing by default: shorter side to 256, centre crop 224,
-[0, 1], normalized with ImageNet mean/std. Images that fail to decode raise an error
-naming the file (a corrupt calibration set should not silently shrink).
+Preprocessing is a `Preprocess` (ImageNet's by default: shorter side to 256, centre
+crop 224, [0, 1], ImageNet mean/std). Images that fail to decode, or whose header
+declares a size over the limits of `edgeq.data.decode`, raise an error naming the
+file (a corrupt calibration set should not silently shrink).
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
-from torchvision import transforms
+from PIL import Image
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from edgeq.data.decode import read_rgb
+from edgeq.data.errors import DataError
+from edgeq.data.listing import read_class_folders, read_labels_csv
+from edgeq.data.preprocess import Preprocess
 
-
-class DataError(ValueError):
-    """A data folder or file cannot be read."""
-
-
-def imagenet_transform() -> Callable[[Image.Image], torch.Tensor]:
-    return transforms.Compose(
-        [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        ]
-    )
+__all__ = ["DataError", "LabeledImages", "load_labeled_images"]
 
 
 @dataclass
 class LabeledImages:
+    """Image files with integer labels; ``origins[i]`` says where label i was read."""
+
     files: list[Path]
     labels: list[int]
-    transform: Callable[[Image.Image], torch.Tensor]
+    origins: list[str]
+    preprocess: Preprocess = field(default_factory=Preprocess.imagenet)
+    _transform: Callable[[Image.Image], torch.Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._transform = self.preprocess.transform()
 
     def __len__(self) -> int:
         return len(self.files)
 
     def load(self, i: int) -> torch.Tensor:
-        path = self.files[i]
-        try:
-            with Image.open(path) as img:
-                return self.transform(img.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{path}: cannot decode image ({e})") from e
+        """Image i as a ``[3, H, W]`` tensor.
+
+        Raises:
+            DataError: it cannot be decoded or is too large, naming the file.
+        """
+        return self._transform(read_rgb(self.files[i]))
 
     def tensors(
         self, indices: range | list[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (stacked) and labels at ``indices`` (all by default).
+
+        Raises:
+            DataError: no index, an image that cannot be read, or images whose
+                tensors differ in size (no crop in the preprocessing).
+        """
         idx = list(range(len(self))) if indices is None else list(indices)
         if not idx:
             raise DataError("no images selected")
-        x = torch.stack([self.load(i) for i in idx])
+        xs = [self.load(i) for i in idx]
+        for i, x in zip(idx, xs, strict=True):
+            if x.shape != xs[0].shape:
+                raise DataError(
+                    f"{self.files[i]}: gives a {tuple(x.shape)} tensor, {self.files[idx[0]]} "
+                    f"{tuple(xs[0].shape)}; set a crop in the preprocessing to batch them"
+                )
         y = torch.tensor([self.labels[i] for i in idx])
-        return x, y
+        return torch.stack(xs), y
+
+    def check_labels(self, num_classes: int) -> None:
+        """Every label is a class of a model with ``num_classes`` outputs.
+
+        Raises:
+            DataError: naming the first label outside ``[0, num_classes)`` and where it
+                was read.
+        """
+        for label, origin in zip(self.labels, self.origins, strict=True):
+            if not 0 <= label < num_classes:
+                raise DataError(
+                    f"{origin}: label {label} is not a class of the model, which has "
+                    f"{num_classes} outputs (labels 0 to {num_classes - 1})"
+                )
 
 
-def load_labeled_images(folder: str | Path, transform: Callable | None = None) -> LabeledImages:
+def load_labeled_images(folder: str | Path, preprocess: Preprocess | None = None) -> LabeledImages:
     """Read a labeled image folder in either layout, files in sorted order.
 
+    Files are listed, not decoded: decoding happens in `LabeledImages.load`.
+
+    Args:
+        folder: ``images/`` + ``labels.csv`` (columns file,label), or one subfolder
+            per class (labels: the sorted folder names' indices).
+        preprocess: how images become tensors; `Preprocess.imagenet()` by default.
+
     Raises:
-        DataError: the folder does not exist, holds no images, or labels.csv is
-            malformed (naming the line).
+        DataError: the folder does not exist or holds no images, or labels.csv is
+            malformed, lists a file twice or a file outside ``images/`` (naming the
+            line), or a class folder holds a symlink to outside the folder.
+
+    Example:
+        >>> images = load_labeled_images("val", Preprocess(resize=232))  # doctest: +SKIP
+        >>> x, y = images.tensors(range(8))  # doctest: +SKIP
     """
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
-    transform = transform or imagenet_transform()
-    csv_path = root / "labels.csv"
-    if csv_path.is_file():
-        files, labels = [], []
-        with csv_path.open(newline="") as f:
-            for lineno, row in enumerate(csv.DictReader(f), start=2):
-                try:
-                    files.append(root / "images" / row["file"])
-                    labels.append(int(row["label"]))
-                except (KeyError, TypeError, ValueError) as e:
-                    raise DataError(
-                        f"{csv_path}:{lineno}: expected columns file,label ({e})"
-                    ) from e
-        order = sorted(range(len(files)), key=lambda i: files[i].name)
-        files, labels = [files[i] for i in order], [labels[i] for i in order]
-    else:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-        files, labels = [], []
-        for label, cls in enumerate(classes):
-            for p in sorted((root / cls).iterdir()):
-                if p.suffix.lower() in IMAGE_SUFFIXES:
-                    files.append(p)
-                    labels.append(label)
-    if not files:
+    has_csv = (root / "labels.csv").is_file()
+    listing = read_labels_csv(root) if has_csv else read_class_folders(root)
+    if not listing.files:
         raise DataError(
             f"{root}: no images found (expected images/ + labels.csv or class subfolders)"
         )
-    return LabeledImages(files, labels, transform)
+    return LabeledImages(
+        listing.files, listing.labels, listing.origins, preprocess or Preprocess.imagenet()
+    )

@@ -1,8 +1,8 @@
 """Real photographs available offline: the sample images that scikit-image ships.
 
-Used by ``edgeq demo`` to calibrate without any dataset. Each photo gives several
-deterministic 224x224 crops (centre, four corners of the 256-resized image, and their
-mirror images), normalized like ImageNet.
+Used by ``edgeq demo`` to calibrate without any dataset. Each photo gives ten
+deterministic crops: centre and four corners of the resized image, and their mirror
+images (with ImageNet's preprocessing: 224x224 crops of the 256-resized photo).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from edgeq.data.images import DataError
+from edgeq.data.decode import read_rgb
+from edgeq.data.errors import DataError
+from edgeq.data.preprocess import Preprocess
 
 # photographs of everyday objects, the kind of image an ImageNet classifier is for
 # (textures, astronomy, microscopy and text pages are left out: the FP32 model's own
@@ -42,16 +44,26 @@ def sample_photo_paths() -> list[Path]:
     return paths
 
 
-def sample_photo_batch() -> torch.Tensor:
-    """``[N, 3, 224, 224]`` normalized crops of the sample photographs (N = 10 x photos)."""
-    norm = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
-    )
+def sample_photo_batch(preprocess: Preprocess | None = None) -> torch.Tensor:
+    """``[N, 3, H, W]`` crops of the sample photographs (N = 10 x photos).
+
+    Args:
+        preprocess: resize, crop size and normalization (`Preprocess.imagenet()` by
+            default: 224x224 crops of the 256-resized photos).
+
+    Raises:
+        DataError: scikit-image or its photographs are missing, or ``preprocess`` has
+            no crop (the photographs differ in size).
+    """
+    p = preprocess or Preprocess.imagenet()
+    if p.crop_hw is None:
+        raise DataError(
+            f"sample photographs need a crop size (got {p.describe()}): they differ in size"
+        )
     crops = []
     for path in sample_photo_paths():
-        with Image.open(path) as img:
-            img = transforms.Resize(256)(img.convert("RGB"))
-        for crop in transforms.FiveCrop(224)(img):
-            crops.append(norm(crop))
-            crops.append(norm(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+        img = p.resize_image(read_rgb(path))
+        for crop in transforms.FiveCrop(p.crop_hw)(img):
+            crops.append(p.normalize_image(crop))
+            crops.append(p.normalize_image(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
     return torch.stack(crops)
