@@ -48,7 +48,7 @@ def test_load_restores_the_simulation_bit_for_bit(tmp_path, config):
     x = _data()
     qm = edgeq.quantize(model, [x], config)
     folder = edgeq.save(qm, tmp_path / "model")
-    loaded = edgeq.load(folder)
+    loaded = edgeq.load(folder, trust_model_file=True)
     with torch.no_grad():
         assert torch.equal(loaded(x), qm(x))
     for name, m in qm.module.named_modules():
@@ -82,10 +82,10 @@ def test_tampered_or_incomplete_artifacts_are_refused(tmp_path):
         f.seek(-4, 2)
         f.write(b"\x00\x01\x02\x03")
     with pytest.raises(ArtifactError, match="checksum mismatch"):
-        edgeq.load(folder)
+        edgeq.load(folder, trust_model_file=True)
     (folder / "edgeq.json").unlink()
     with pytest.raises(ArtifactError, match="interrupted save"):
-        edgeq.load(folder)
+        edgeq.load(folder, trust_model_file=True)
 
 
 def test_metadata_records_source_and_config(tmp_path):
@@ -112,7 +112,7 @@ def test_float16_mode_halves_the_files_and_restores_exactly(tmp_path):
         None, {"input": x.numpy()}
     )[0]
     torch.testing.assert_close(torch.from_numpy(out), sim, rtol=1e-4, atol=1e-5)
-    loaded = edgeq.load(edgeq.save(qm, tmp_path / "m"))
+    loaded = edgeq.load(edgeq.save(qm, tmp_path / "m"), trust_model_file=True)
     with torch.no_grad():
         assert torch.equal(loaded(x), sim)
 
@@ -151,7 +151,7 @@ def mlp() -> nn.Module:
 
 def test_dynamic_models_save_and_load_bit_exact(tmp_path):
     qm = edgeq.quantize(edgeq.load_model(f"{__name__}:mlp"), [], edgeq.PTQConfig(mode="dynamic"))
-    loaded = edgeq.load(edgeq.save(qm, tmp_path / "m"))
+    loaded = edgeq.load(edgeq.save(qm, tmp_path / "m"), trust_model_file=True)
     x = torch.randn(5, 16)
     with torch.no_grad():
         assert torch.equal(loaded(x), qm(x))

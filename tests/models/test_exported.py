@@ -77,7 +77,7 @@ def test_torchscript_file_loads_with_its_weights(tmp_path, how):
     model, x = branchy(), torch.randn(2, 3, 16, 16)
     path = tmp_path / "m.pt"
     _save_torchscript(model, x, path, how)
-    loaded = load_model(str(path), input_shape=(2, 3, 16, 16))
+    loaded = load_model(str(path), trust_model_file=True, input_shape=(2, 3, 16, 16))
     with torch.no_grad():
         for k in (1, 2):
             assert torch.equal(loaded(x[:k]), model(x[:k]))
@@ -90,7 +90,7 @@ def test_exported_program_quantizes_like_the_python_module(tmp_path):
     model, x = branchy(), torch.randn(8, 3, 16, 16)
     path = tmp_path / "m.pt2"
     torch.export.save(_export(model, x), str(path))
-    loaded = load_model(str(path))
+    loaded = load_model(str(path), trust_model_file=True)
     with pytest.warns(UserWarning, match="silu"):  # SiLU has no integer kernel
         direct = quantize(model, [x], PTQConfig())
     with pytest.warns(UserWarning, match="silu"):
@@ -110,14 +110,14 @@ def test_artifact_from_a_model_file_round_trips_and_refuses_a_changed_file(tmp_p
     path = tmp_path / "m.pt2"
     torch.export.save(_export(model, x), str(path))
     with pytest.warns(UserWarning, match="silu"):
-        qm = quantize(load_model(str(path)), [x], PTQConfig())
+        qm = quantize(load_model(str(path), trust_model_file=True), [x], PTQConfig())
     edgeq.save(qm, tmp_path / "art")
-    restored = edgeq.load(tmp_path / "art")
+    restored = edgeq.load(tmp_path / "art", trust_model_file=True)
     with torch.no_grad():
         assert torch.equal(restored(x), qm(x))
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(ModelLoadError, match="changed since"):
-        edgeq.load(tmp_path / "art")
+        edgeq.load(tmp_path / "art", trust_model_file=True)
 
 
 def test_bad_model_files_are_named(tmp_path):
@@ -133,7 +133,7 @@ def test_bad_model_files_are_named(tmp_path):
     with zipfile.ZipFile(broken, "w") as z:
         z.writestr("m/serialized_exported_program.json", "{oops")
     with pytest.raises(ModelLoadError, match=r"broken\.pt2: cannot load this ExportedProgram"):
-        load_model(str(broken))
+        load_model(str(broken), trust_model_file=True)
 
 
 def test_real_mobilenet_v2_from_torchscript_is_identical_after_quantization(
@@ -148,7 +148,7 @@ def test_real_mobilenet_v2_from_torchscript_is_identical_after_quantization(
     x = torch.randn(4, 3, 224, 224).clamp(-2.1, 2.6)
     path = tmp_path / "mnv2.pt"
     _save_torchscript(model, x[:2], path, "trace")
-    loaded = load_model(str(path))
+    loaded = load_model(str(path), trust_model_file=True)
     direct, lifted = quantize(model, [x], PTQConfig()), quantize(loaded, [x], PTQConfig())
     assert lifted.placement.float_ops == []
     with torch.no_grad():

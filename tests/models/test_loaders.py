@@ -61,3 +61,30 @@ def test_factory_reference():
     model = load_model(f"{__name__}:small")
     assert isinstance(model[0], nn.Conv2d)
     assert model.edgeq_source == {"kind": "factory", "ref": f"{__name__}:small"}
+
+
+class Payload:
+    """Any class: unpickling it would import and run the module that defines it."""
+
+
+def test_a_checkpoint_pickling_objects_is_refused_without_suggesting_the_unsafe_fix(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": small().state_dict(), "extra": Payload()}, path)
+    with pytest.raises(ModelLoadError) as info:
+        load_state_dict_file(path)
+    message = str(info.value)
+    assert "ckpt.pth: not a valid checkpoint: it holds pickled Python objects" in message
+    assert "Payload" in message
+    assert "edgeq does not unpickle code" in message
+    assert "model.state_dict()" in message
+    assert ".safetensors" in message
+    assert "weights_only=False" not in message
+    assert "weights_only" not in message  # torch's advice is not echoed at all
+
+
+def test_junk_pickles_do_not_echo_torchs_advice(tmp_path):
+    path = tmp_path / "junk.pth"
+    path.write_bytes(b"\x80\x02garbage" * 10)
+    with pytest.raises(ModelLoadError, match=r"junk\.pth: not a valid checkpoint") as info:
+        load_state_dict_file(path)
+    assert "weights_only" not in str(info.value)

@@ -6,9 +6,21 @@
       model.safetensors   integer weights packed to their bit width (uint8 bytes),
                           int32 biases, every scale and zero point, float leftovers
 
-Loading never unpickles code: the architecture is rebuilt from the recorded source
-(``torchvision:NAME`` or ``package.module:factory``), captured and rewritten the same
-way `edgeq.quantize` does, and the stored levels and qparams are put back.
+Loading never unpickles code: the architecture is rebuilt from the recorded source,
+captured and rewritten the same way `edgeq.quantize` does, and the stored levels and
+qparams are put back.
+
+Trust: an artifact is data from whoever wrote it, the SHA-256 included (it only
+catches an interrupted or damaged save, not a forgery). So `load` checks every field
+of the JSON (`edgeq.artifact.validate`) and every tensor against the rebuilt model
+(`edgeq.artifact.fit`) before using it: any mismatch is an `ArtifactError` naming the
+key. A ``torchvision:NAME`` source is always rebuilt (the name must be one of
+torchvision's). A ``package.module:factory`` source (imported and called) and a
+TorchScript or ExportedProgram source (a file whose loading can run code) are
+refused unless ``trust_model_file=True`` (command line: ``--trust-model-file``);
+without it no path recorded in the JSON is opened, stat'ed or hashed. With it, an
+exception the factory raises (``SystemExit`` too) becomes an `ArtifactSourceError`
+naming the factory.
 """
 
 from __future__ import annotations
@@ -23,29 +35,32 @@ from safetensors.torch import load_file, save_file
 from torch import fx
 
 from edgeq import __version__
+from edgeq.artifact.errors import ArtifactError, ArtifactSourceError
+from edgeq.artifact.fit import (
+    check_layers,
+    check_qparams,
+    check_tensors,
+    expected_tensors,
+    prepare_layers,
+)
+from edgeq.artifact.validate import FORMAT, META, SCHEMA_VERSION, At, Meta, read_meta
 from edgeq.atomic import write_atomic
 from edgeq.graph.capture import capture
 from edgeq.graph.fold_bn import fold_batchnorm
-from edgeq.graph.insert import feeding_quantizer
+from edgeq.graph.insert import PlacementReport, feeding_quantizer
 from edgeq.graph.qmodules import (
     ActivationQuantizer,
     IntegerOp,
     QuantConv2d,
     QuantLinear,
 )
-from edgeq.models.loaders import build_from_source
-from edgeq.ptq.config import Mode, PTQConfig
+from edgeq.models.loaders import ModelLoadError, build_from_source
+from edgeq.ptq.config import Mode
 from edgeq.ptq.static import QuantizedModel, output_quantizer, rewrite
-from edgeq.quant import pack_bits, unpack_bits
+from edgeq.quant import SpecError, pack_bits, unpack_bits
+from edgeq.runs import check_run_complete
 
-FORMAT = "edgeq-packed"
-SCHEMA_VERSION = 1
-META = "edgeq.json"
 TENSORS = "model.safetensors"
-
-
-class ArtifactError(ValueError):
-    """An artifact cannot be written or read (names the file and the reason)."""
 
 
 def _layers(
@@ -127,76 +142,94 @@ def save(qmodel: QuantizedModel, path: str | Path) -> Path:
     return out
 
 
-def _read_meta(folder: Path) -> dict[str, Any]:
-    meta_path = folder / META
-    if not meta_path.is_file():
-        raise ArtifactError(f"{folder}: no {META} (not an edgeq artifact, or an interrupted save)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{meta_path}: corrupt JSON ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise ArtifactError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{meta_path}: schema_version {meta.get('schema_version')!r}; this edgeq "
-            f"reads {SCHEMA_VERSION}"
-        )
-    return meta
-
-
-def load(path: str | Path) -> QuantizedModel:
+def load(path: str | Path, *, trust_model_file: bool = False) -> QuantizedModel:
     """Restore the simulated quantized model saved by `save` (bit-exact).
 
-    ``path`` is the artifact folder or a run folder holding one in ``model/``.
-    ``float_module`` of the result is None (the float weights are not stored).
+    Args:
+        path: the artifact folder, or a run folder holding one in ``model/``.
+        trust_model_file: rebuild a ``factory`` source (imports and calls it) or a
+            TorchScript / ExportedProgram source (reads the file, which can run
+            code). Leave it False for artifacts from others; torchvision sources
+            need no trust.
+
+    Returns:
+        A `QuantizedModel`; its ``float_module`` is None (the float weights are not
+        stored).
 
     Raises:
-        ArtifactError: missing or corrupt files, a checksum mismatch, or tensors that
-            do not fit the rebuilt architecture.
+        ArtifactError: missing or corrupt files, a checksum mismatch, a field of the
+            JSON or a tensor that is missing, ill-typed or does not fit the rebuilt
+            architecture, or an untrusted source (nothing imported or read).
+        ArtifactSourceError: the trusted source cannot be rebuilt (a factory that
+            raises, a model file that changed); also a `ModelLoadError`.
+        RunFolderError: ``path`` is (in) a run folder that was cut short or failed.
+
+    Example:
+        >>> qmodel = edgeq.load("runs/mnv2/model")  # doctest: +SKIP
     """
     folder = Path(path)
     if not (folder / META).is_file() and (folder / "model" / META).is_file():
         folder = folder / "model"
-    meta = _read_meta(folder)
-    tensors_path = folder / TENSORS
-    if not tensors_path.is_file():
-        raise ArtifactError(f"{folder}: {TENSORS} is missing")
-    if _sha256(tensors_path) != meta["tensors_sha256"]:
-        raise ArtifactError(f"{tensors_path}: checksum mismatch (file changed or truncated)")
-    tensors = load_file(str(tensors_path))
-    config = PTQConfig.from_dict(meta["config"])
-    model = build_from_source(meta["source"])
-    float_gm = fold_batchnorm(capture(model))
-    gm, report = rewrite(float_gm, config)
-    if config.mode is Mode.FLOAT16:
-        state16 = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-        try:
-            gm.load_state_dict(state16, strict=True)
-        except RuntimeError as e:
-            raise ArtifactError(f"{tensors_path}: does not fit the rebuilt model: {e}") from e
-        return QuantizedModel(gm, None, config, report, 0.0, dict(meta["source"]))
+    check_run_complete(folder.parent if folder.name == "model" else folder)
+    meta = read_meta(folder, trust_model_file=trust_model_file)
+    tensors = _read_tensors(folder / TENSORS, meta.tensors_sha256)
+    gm, report = _rebuild(meta)
+    at = At(str(folder / TENSORS))
     layers = _layers(gm, quantized_only=False)
-    for name, info in meta["layers"].items():
-        if name not in layers:
-            raise ArtifactError(f"{folder}: layer {name!r} is not in the rebuilt model")
-        m = layers[name]
-        m.weight_scale = torch.empty(info["weight_scale_shape"])
-        m.weight_zero_point = torch.zeros(info["weight_scale_shape"], dtype=torch.int32)
-        if info["bias"] is not None and m.bias is None:  # added by bias correction
-            m.bias = torch.nn.Parameter(torch.zeros(info["shape"][0]))
+    check_layers(meta, layers)  # float16 artifacts list none
+    prepare_layers(meta, layers)
+    check_tensors(tensors, expected_tensors(gm, meta, layers), at)
+    check_qparams(tensors, gm, meta.config, at)
     state = {k: v for k, v in tensors.items() if not k.endswith(("weight_q", "bias_q"))}
+    if meta.config.mode is Mode.FLOAT16:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
-        missing, unexpected = gm.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise ArtifactError(f"{tensors_path}: does not fit the rebuilt model: {e}") from e
-    restored = {f"{n}.{p}" for n in meta["layers"] for p in ("weight", "bias", "weight_zero_point")}
-    missing = [k for k in missing if k not in restored and ".observer." not in f".{k}"]
-    if unexpected or missing:
+        gm.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # checked above: a torch-side surprise, named anyway
+        raise ArtifactError(f"{at.file}: does not fit the rebuilt model: {e}") from e
+    if meta.config.mode is not Mode.FLOAT16:
+        try:
+            _restore_levels(gm, meta, tensors, layers)
+        except (SpecError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            # every input was checked; a config the checks let through still fails here
+            raise ArtifactError(
+                f"{meta.path}: cannot restore the levels ({type(e).__name__}: {e})"
+            ) from e
+    return QuantizedModel(gm, None, meta.config, report, 0.0, dict(meta.source))
+
+
+def _read_tensors(path: Path, digest: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ArtifactError(f"{path.parent}: {TENSORS} is missing")
+    if _sha256(path) != digest:
+        raise ArtifactError(f"{path}: checksum mismatch (file changed or truncated)")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types, and OSError
+        raise ArtifactError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def _rebuild(meta: Meta) -> tuple[fx.GraphModule, PlacementReport]:
+    """The source's architecture, captured and rewritten for the config (trust was
+    checked with the JSON)."""
+    try:
+        model = build_from_source(meta.source, trust_model_file=True)
+    except ModelLoadError as e:
+        raise ArtifactSourceError(f"{meta.path}: source: {e}") from e
+    try:
+        return rewrite(fold_batchnorm(capture(model)), meta.config)
+    except Exception as e:  # capture and placement raise several types
         raise ArtifactError(
-            f"{tensors_path}: does not fit the rebuilt model (unexpected {unexpected[:5]}, "
-            f"missing {missing[:5]})"
-        )
+            f"{meta.path}: config does not apply to the rebuilt model ({type(e).__name__}: {e})"
+        ) from e
+
+
+def _restore_levels(
+    gm: fx.GraphModule,
+    meta: Meta,
+    tensors: dict[str, torch.Tensor],
+    layers: dict[str, QuantConv2d | QuantLinear],
+) -> None:
     modules = dict(gm.named_modules())
     for m in modules.values():
         if isinstance(m, ActivationQuantizer):
@@ -205,7 +238,7 @@ def load(path: str | Path) -> QuantizedModel:
         if node.op != "call_module":
             continue
         m = modules[node.target]
-        if isinstance(m, QuantConv2d | QuantLinear) and node.target in meta["layers"]:
+        if isinstance(m, QuantConv2d | QuantLinear) and node.target in meta.layers:
             src = feeding_quantizer(node.args[0], modules)
             if src is not None:
                 m.attach_io(src, output_quantizer(node, modules))
@@ -215,10 +248,9 @@ def load(path: str | Path) -> QuantizedModel:
             )
     # levels last (the bias levels' scale needs the input scale attached above); layers
     # inside other modules (an LSTM's products) are not graph nodes but are stored too
-    for name, info in meta["layers"].items():
-        numel = int(torch.Size(info["shape"]).numel())
+    for name, info in meta.layers.items():
+        m = layers[name]
         levels = unpack_bits(
-            tensors[f"{name}.weight_q"], info["bits"], signed=info["signed"], numel=numel
-        ).reshape(info["shape"])
-        layers[name].set_levels(levels, tensors.get(f"{name}.bias_q"))
-    return QuantizedModel(gm, None, config, report, 0.0, dict(meta["source"]))
+            tensors[f"{name}.weight_q"], info.bits, signed=info.signed, numel=m.weight.numel()
+        ).reshape(m.weight.shape)
+        m.set_levels(levels, tensors.get(f"{name}.bias_q"))

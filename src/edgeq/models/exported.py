@@ -7,9 +7,13 @@ converted to an ExportedProgram (``torch._export.converter``) on an example inpu
 of batch 2, which leaves the batch dimension dynamic.
 
 Trust: like ``torch.jit.load`` and ``torch.export.load`` themselves, reading these
-files may run the code they carry; load only files you trust. The artifact that
-`edgeq.save` writes records the file's path and SHA-256, and `edgeq.load` refuses a
-file that has changed since.
+files may run the code they carry, so edgeq reads one only when asked to:
+``edgeq.load_model(path, trust_model_file=True)`` (command line:
+``--trust-model-file``). Without it, `file_kind` (the zip's list of names) is all
+that happens before the refusal. The artifact that `edgeq.save` writes records the
+file's path and SHA-256; ``edgeq.load`` neither opens, stats nor hashes that path
+without ``trust_model_file=True``, and with it refuses a file that has changed since.
+The SHA-256 is no proof of safety: whoever can edit the artifact can rewrite it.
 """
 
 from __future__ import annotations
