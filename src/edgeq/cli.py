@@ -8,13 +8,17 @@
     edgeq sensitivity MODEL --calib DATA --eval DATA [--images N]
     edgeq demo [--eval DATA] [--out DIR]
 
-Exit codes: 0 success, 1 user error (one line on stderr), 2 internal error.
+Exit codes: 0 success, 1 user error (one line on stderr), 2 internal error, 3 the run
+finished but its export check failed (ONNX Runtime disagrees with the simulation),
+130 interrupted (SIGINT), 143 terminated (SIGTERM). A run cut short leaves its folder
+marked incomplete (`edgeq.runs`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -33,9 +37,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from edgeq.data.images import DataError
     from edgeq.export.onnx_qdq import ExportError
     from edgeq.graph.capture import CaptureError
+    from edgeq.jobs.inputs import JobInputError
     from edgeq.models import ModelLoadError, PretrainedWeightsMissing
     from edgeq.quant import QuantInputError, SpecError
     from edgeq.runs import RunFolderError
+    from edgeq.runtime import OnnxModelError
 
     return (
         UserError,
@@ -49,6 +55,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         QuantInputError,
         SpecError,
         RunFolderError,
+        JobInputError,
+        OnnxModelError,
         FileNotFoundError,
     )
 
@@ -69,14 +77,23 @@ class _Out:
             print(text)
 
 
+_PREPROCESS_FLAGS = ("resize", "crop", "mean", "std", "interpolation", "channel_order")
+
+
 def _recipe(args: argparse.Namespace, flags: dict[str, Any]) -> dict[str, Any]:
     base = load_recipe(args.config) if getattr(args, "config", None) else {}
+    for key in _PREPROCESS_FLAGS:
+        value = getattr(args, key, None)
+        if value is not None:
+            flags = {**flags, f"preprocess.{key}": value}
     return resolve(base, flags)
 
 
 def _summary(metrics: dict[str, Any], out: Path) -> str:
     acc = metrics["accuracy"]
     lines = [f"run folder: {out}", ""]
+    # an artifact rebuilt by importing a factory or reading a model file needs the opt-in
+    trust = "" if str(metrics["model"]).startswith("torchvision:") else ", trust_model_file=True"
     rows = [
         ("FP32 (ONNX Runtime)", "fp32_onnx"),
         ("quantized (ONNX Runtime)", "quantized_onnx"),
@@ -116,26 +133,9 @@ def _summary(metrics: dict[str, Any], out: Path) -> str:
         f"  open {out / 'report.html'}",
         f"  edgeq bench {out / 'quantized.onnx'} --batch 1 32",
         f"  edgeq compare {out} <another run>",
-        f"  python -c \"import edgeq; m = edgeq.load('{out}')\"",
+        f"  python -c \"import edgeq; m = edgeq.load('{out}'{trust})\"",
     ]
     return "\n".join(lines)
-
-
-def _check_inputs(args: argparse.Namespace) -> None:
-    """Fail before creating a run folder when an input path is wrong."""
-    from edgeq.data import load_labeled_images
-
-    weights = getattr(args, "weights", None)
-    if weights and not Path(weights).is_file():
-        raise UserError(f"{weights}: weights file not found")
-    model = getattr(args, "model", None)
-    if model:
-        from edgeq.models import load_model
-
-        load_model(model, weights)  # unknown architecture, bad factory or weights
-    for flag in ("calib", "eval"):
-        if getattr(args, flag, None):
-            load_labeled_images(getattr(args, flag))  # raises DataError naming the folder
 
 
 def cmd_quantize(args: argparse.Namespace, out: _Out) -> int:
@@ -151,30 +151,52 @@ def cmd_quantize(args: argparse.Namespace, out: _Out) -> int:
     if args.dry_run:
         print(dump(recipe), end="")
         return 0
-    _check_inputs(args)
     weights = Path(args.weights) if args.weights else None
     return _run_quantize_job(args, out, args.model, weights, recipe)
+
+
+def _in_run_folder(args: argparse.Namespace, command: str, work: Any) -> tuple[Any, Path]:
+    """Run ``work(folder)`` in a new run folder (`edgeq.runs.open_run`): marked complete
+    (and swapped in for the run it replaces) on success, marked failed or dropped on
+    any error or interruption."""
+    from edgeq.runs import open_run
+
+    run = open_run(args.out, force=args.force, command=command)
+    try:
+        result = work(run.path)
+    except BaseException as e:
+        run.fail(e)
+        raise
+    return result, run.complete()
 
 
 def _run_quantize_job(
     args: argparse.Namespace, out: _Out, model: str, weights: Path | None, recipe: dict[str, Any]
 ) -> int:
     from edgeq.jobs.quantize import QuantizeJob, run_quantize
-    from edgeq.runs import new_run_dir
 
-    run_dir = new_run_dir(args.out, force=args.force)
     job = QuantizeJob(
         model=model,
-        out=run_dir,
         recipe=recipe,
         weights=weights,
         calib=Path(args.calib) if args.calib else None,
         eval=Path(args.eval) if args.eval else None,
         progress=not out.quiet,
         log=out.log,
+        trust_model_file=getattr(args, "trust_model_file", False),
     )
-    metrics = run_quantize(job)
+    inputs = job.inputs()  # every check before the run folder exists
+    metrics, run_dir = _in_run_folder(args, "quantize", lambda d: run_quantize(job, inputs, d))
     out.result(_summary(metrics, run_dir), metrics)
+    check = metrics.get("export_check")
+    if check is not None and not check["pass"]:
+        print(
+            f"edgeq {args.command}: export check FAILED: ONNX Runtime agrees with the "
+            f"simulation on {check['top1_agreement']:.3f} of top-1 predictions (needs 0.995); "
+            f"the run folder {run_dir} is kept for inspection",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 
@@ -185,7 +207,6 @@ def cmd_demo(args: argparse.Namespace, out: _Out) -> int:
     if args.dry_run:
         print(dump(recipe), end="")
         return 0
-    _check_inputs(args)
     out.log(
         "edgeq demo: W8A8 post-training quantization of torchvision's pretrained "
         "MobileNetV2, offline"
@@ -197,24 +218,23 @@ def cmd_demo(args: argparse.Namespace, out: _Out) -> int:
 
 def cmd_sensitivity(args: argparse.Namespace, out: _Out) -> int:
     from edgeq.jobs.sensitivity import SensitivityJob, run_sensitivity
-    from edgeq.runs import new_run_dir
 
     recipe = _recipe(args, {"calibration.images": args.calib_images})
-    _check_inputs(args)
-    run_dir = new_run_dir(args.out, force=args.force)
-    res = run_sensitivity(
-        SensitivityJob(
-            model=args.model,
-            calib=Path(args.calib),
-            eval=Path(args.eval),
-            out=run_dir,
-            recipe=recipe,
-            weights=Path(args.weights) if args.weights else None,
-            images=args.images,
-            progress=not out.quiet,
-            log=out.log,
-        )
+    if args.images < 1:
+        raise UserError(f"--images {args.images}: must be a positive integer")
+    job = SensitivityJob(
+        model=args.model,
+        calib=Path(args.calib),
+        eval=Path(args.eval),
+        recipe=recipe,
+        weights=Path(args.weights) if args.weights else None,
+        images=args.images,
+        progress=not out.quiet,
+        log=out.log,
+        trust_model_file=args.trust_model_file,
     )
+    inputs = job.inputs()
+    res, run_dir = _in_run_folder(args, "sensitivity", lambda d: run_sensitivity(job, inputs, d))
     lines = [f"{'layer':<30} {'SQNR gain dB':>12} {'alone SQNR dB':>13}"]
     for r in res["layers"][:10]:
         lines.append(
@@ -231,41 +251,78 @@ def cmd_sensitivity(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
-def _predictor_for(ref: str, weights: str | None) -> tuple[Any, str]:
+def _recorded_preprocess(folder: Path) -> Any:
+    """The preprocessing a run folder's model was calibrated with (None: not recorded)."""
+    from edgeq.data import Preprocess
+
+    recipe_path = folder / "recipe.yaml"
+    if not recipe_path.is_file():
+        return None
+    recorded = load_recipe(recipe_path).get("preprocess")
+    if not isinstance(recorded, dict) or not recorded:
+        return None
+    try:
+        return Preprocess.from_dict({**Preprocess.imagenet().to_dict(), **recorded})
+    except ValueError as e:
+        raise UserError(f"{recipe_path}: preprocess: {e}") from e
+
+
+def _predictor_for(ref: str, weights: str | None, trust: bool) -> tuple[Any, str, Any, str]:
+    """(predictor, name, the preprocessing the model declares or its run recorded (or
+    None), where that came from)."""
     from edgeq.evaluate.classification import as_predictor
+    from edgeq.runs import check_run_complete
 
     p = Path(ref)
-    if p.suffix == ".onnx":
-        if not p.is_file():
-            raise UserError(f"{p}: ONNX file not found")
-        return as_predictor(p), str(p)
-    if p.is_dir():
-        import edgeq
+    if p.suffix == ".onnx" or p.is_dir():
+        folder = p if p.is_dir() else p.parent
+        check_run_complete(folder)
+        recorded = _recorded_preprocess(folder)
+        origin = f"recorded in {folder / 'recipe.yaml'}"
+        if p.is_dir():
+            import edgeq
 
-        return as_predictor(edgeq.load(p)), f"edgeq artifact {p}"
+            qm = edgeq.load(p, trust_model_file=trust)
+            return as_predictor(qm), f"edgeq artifact {p}", recorded, origin
+        return as_predictor(p), str(p), recorded, origin
     import edgeq
+    from edgeq.models.preprocessing import declared_preprocess
 
-    return as_predictor(edgeq.load_model(ref, weights)), ref
+    model = edgeq.load_model(ref, weights, trust_model_file=trust)
+    w = Path(weights) if weights else None
+    return as_predictor(model), ref, declared_preprocess(model, weights=w), "declared by the model"
 
 
 def cmd_eval(args: argparse.Namespace, out: _Out) -> int:
-    from edgeq.data import load_labeled_images
+    from edgeq.data import Preprocess, load_labeled_images
     from edgeq.evaluate.classification import predict, score
 
     recipe = _recipe(args, {})
-    images = load_labeled_images(args.data)
+    pred, name, base, origin = _predictor_for(args.model, args.weights, args.trust_model_file)
+    ref_pred = None
+    if args.ref:
+        ref_pred, _, ref_base, ref_origin = _predictor_for(
+            args.ref, args.ref_weights, args.trust_model_file
+        )
+        if base is None:
+            base, origin = ref_base, ref_origin
+    if base is None:
+        base, origin = Preprocess.imagenet(), "ImageNet default"
+    given = recipe["preprocess"]
+    preprocess = Preprocess.from_dict({**base.to_dict(), **given}) if given else base
+    out.log(f"preprocessing ({origin}): {preprocess.describe()}")
+    images = load_labeled_images(args.data, preprocess)
     n = recipe["evaluation"]["images"] or len(images)
     x, y = images.tensors(range(min(n, len(images))))
     bs = recipe["evaluation"]["batch_size"]
     batches = [x[i : i + bs] for i in range(0, len(x), bs)]
-    pred, name = _predictor_for(args.model, args.weights)
     logits = predict(pred, batches, progress=None if out.quiet else "evaluating")
+    images.check_labels(int(logits.shape[1]))
     ref = None
-    if args.ref:
-        rp, _ = _predictor_for(args.ref, args.ref_weights)
-        ref = predict(rp, batches, progress=None if out.quiet else "reference")
+    if ref_pred is not None:
+        ref = predict(ref_pred, batches, progress=None if out.quiet else "reference")
     res = score(logits, y.numpy(), ref)
-    res_out = {"model": name, "images": len(x), **res}
+    res_out = {"model": name, "images": len(x), "preprocess": preprocess.to_dict(), **res}
     text = "\n".join(
         [f"{name} on {len(x)} images of {args.data}"]
         + [f"  {k:<10} {_fmt(v, '.4f')}" for k, v in res.items()]
@@ -274,17 +331,35 @@ def cmd_eval(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+def _bench_models(refs: list[str]) -> list[Path]:
+    """One or two ONNX files, or a run folder (its FP32 and quantized ONNX)."""
+    from edgeq.runs import check_run_complete
+
+    if len(refs) == 1 and Path(refs[0]).is_dir():
+        folder = Path(refs[0])
+        check_run_complete(folder)
+        pair = [folder / "fp32.onnx", folder / "quantized.onnx"]
+        if not all(p.is_file() for p in pair):
+            raise UserError(f"{folder}: not a run folder with fp32.onnx and quantized.onnx")
+        return pair
+    if len(refs) > 2:
+        raise UserError(f"bench takes one or two ONNX files (or a run folder), got {len(refs)}")
+    return [Path(r) for r in refs]
+
+
 def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
-    from edgeq.runtime import bench
+    from edgeq.runtime import bench, measure_latency, ort_session
 
     recipe = _recipe(
         args,
         {"bench.threads": args.threads, "bench.rounds": args.rounds, "bench.batch": args.batch},
     )
-    p = Path(args.onnx)
-    if not p.is_file():
-        raise UserError(f"{p}: ONNX file not found")
+    paths = _bench_models(args.onnx)
     b = recipe["bench"]
+    sessions = {str(p): ort_session(p, threads=b["threads"]) for p in paths}  # checks files
+    if len(paths) == 2:
+        return _bench_pair(paths, sessions, b, out, measure_latency)
+    p = paths[0]
     results = [
         bench(p, batch=n, threads=b["threads"], rounds=b["rounds"], progress=not out.quiet)
         for n in b["batch"]
@@ -303,6 +378,45 @@ def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+def _bench_pair(
+    paths: list[Path], sessions: dict[str, Any], b: dict[str, Any], out: _Out, measure: Any
+) -> int:
+    """Two models timed in one loop (`measure_latency`: bursts in turn), as a ratio."""
+    import numpy as np
+
+    from edgeq.runtime import machine_info
+
+    base, other = (str(p) for p in paths)
+    shapes = {k: s.get_inputs()[0].shape for k, s in sessions.items()}
+    if [d for d in shapes[base][1:]] != [d for d in shapes[other][1:]]:
+        raise UserError(f"{base} and {other} take different inputs: {shapes}")
+    rows = []
+    for n in b["batch"]:
+        out.log(f"timing both models at batch {n}")
+        shape = [n] + [d if isinstance(d, int) else 1 for d in shapes[base][1:]]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        t = measure(sessions, x, rounds=b["rounds"])
+        rows.append(
+            {
+                "batch": n,
+                "base_ms": 1000 * t[base],
+                "other_ms": 1000 * t[other],
+                "ratio": t[other] / t[base],
+            }
+        )
+    cpu = machine_info().get("cpu", "unknown CPU")
+    lines = [
+        f"{other} vs {base} (ONNX Runtime, {cpu}, {b['threads']} threads, "
+        f"median of {b['rounds']} runs each, in turns)",
+        f"{'batch':>5} {'base ms':>9} {'other ms':>9} {'ratio':>7}",
+    ] + [
+        f"{r['batch']:>5} {r['base_ms']:>9.2f} {r['other_ms']:>9.2f} {r['ratio']:>7.3f}"
+        for r in rows
+    ]
+    out.result("\n".join(lines), {"base": base, "other": other, "results": rows})
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace, out: _Out) -> int:
     rows = []
     for ref in args.runs:
@@ -310,7 +424,7 @@ def cmd_compare(args: argparse.Namespace, out: _Out) -> int:
         mpath = p / "metrics.json" if p.is_dir() else p
         if not mpath.is_file():
             raise UserError(f"{ref}: no metrics.json (expected a run folder of edgeq quantize)")
-        m = json.loads(mpath.read_text())
+        m = _read_metrics(mpath)
         acc = m["accuracy"]
         q = acc.get("quantized_onnx", acc.get("simulation", {}))
         lat = m.get("latency", {})
@@ -336,6 +450,26 @@ def cmd_compare(args: argparse.Namespace, out: _Out) -> int:
         lines.append("  ".join(f"{_cell(r.get(k)):<{widths[k]}}" for k in keys))
     out.result("\n".join(lines), rows)
     return 0
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    """A run's metrics.json, checked for what compare reads."""
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable metrics.json ({e})") from e
+    ok = (
+        isinstance(m, dict)
+        and isinstance(m.get("accuracy"), dict)
+        and isinstance(m["accuracy"].get("fp32_onnx"), dict)
+        and isinstance(m.get("bytes"), dict)
+        and isinstance(m["bytes"].get("fp32_onnx"), int | float)
+        and isinstance(m.get("seconds"), dict)
+        and isinstance(m.get("latency", {}), dict)
+    )
+    if not ok:
+        raise UserError(f"{path}: not the metrics.json of an edgeq quantize run (missing keys)")
+    return m
 
 
 def _compare_plots(rows: list[dict[str, Any]], out: Path) -> None:
@@ -383,6 +517,26 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
+    def trust(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--trust-model-file",
+            action="store_true",
+            help="allow reading a TorchScript or .pt2 model file, or an artifact that "
+            "rebuilds its model from a factory or such a file: this can run the code "
+            "they carry (use only files you trust)",
+        )
+
+    def preprocessing(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group(
+            "preprocessing (default: what the model declares, else ImageNet's)"
+        )
+        g.add_argument("--resize", type=int, help="resize the shorter side to N pixels")
+        g.add_argument("--crop", type=int, help="centre crop N x N")
+        g.add_argument("--mean", type=float, nargs=3, metavar="M", help="per-channel mean")
+        g.add_argument("--std", type=float, nargs=3, metavar="S", help="per-channel std")
+        g.add_argument("--interpolation", help="bilinear | bicubic | nearest")
+        g.add_argument("--channel-order", help="rgb | bgr")
+
     q = sub.add_parser("quantize", help="quantize a model; write a run folder and a report")
     q.add_argument(
         "model",
@@ -400,6 +554,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--mode", help="static | weight_only | float16 | dynamic")
     q.add_argument("--target", help="portable | vnni")
     q.add_argument("--capture", help="fx | export (torch.export: vision transformers, ShuffleNet)")
+    trust(q)
+    preprocessing(q)
     common(q)
 
     d = sub.add_parser("demo", help="quantize the real pretrained MobileNetV2, offline")
@@ -409,6 +565,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true")
     d.add_argument("--dry-run", action="store_true")
     d.add_argument("--calib-images", type=int)
+    preprocessing(d)
     common(d)
 
     e = sub.add_parser("eval", help="accuracy and fidelity of a model on labeled images")
@@ -417,10 +574,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--weights")
     e.add_argument("--ref", help="reference model for agreement, SQNR and KL")
     e.add_argument("--ref-weights")
+    trust(e)
+    preprocessing(e)
     common(e)
 
-    b = sub.add_parser("bench", help="ONNX Runtime latency, throughput and peak memory")
-    b.add_argument("onnx")
+    b = sub.add_parser(
+        "bench",
+        help="ONNX Runtime latency, throughput and peak memory; two models (or a run "
+        "folder): both timed in one loop, as a ratio",
+    )
+    b.add_argument("onnx", nargs="+", help="ONNX file, two ONNX files, or a run folder")
     b.add_argument("--batch", type=int, nargs="+")
     b.add_argument("--threads", type=int)
     b.add_argument("--rounds", type=int)
@@ -435,6 +598,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--calib-images", type=int)
     s.add_argument("--out")
     s.add_argument("--force", action="store_true")
+    trust(s)
+    preprocessing(s)
     common(s)
 
     c = sub.add_parser("compare", help="side-by-side table of runs")
@@ -454,14 +619,26 @@ COMMANDS = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the job is so that it stops like on Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = _Out(getattr(args, "quiet", False), getattr(args, "json", False))
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return COMMANDS[args.command](args, out)
     except _user_errors() as e:
         print(f"edgeq {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"edgeq {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"edgeq {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -473,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@
     weight: {bits: 8, granularity: per_channel, range_method: mse}
     activation: {bits: 8, signed: false, symmetric: false, range_method: percentile,
                  percentile_search: [99.9, 99.95, 99.98, 99.99, 99.995, 99.999]}
-    calibration: {images: 256, batch_size: 32, bias_correction: true}
+    calibration: {images: 256, batch_size: 32, bias_correction: true, seed: 0}
+    preprocess: {resize: 256, crop: 224}   # any of resize, crop, mean, std,
+                                # interpolation, channel_order; unset keys come from
+                                # the model's declared preprocessing, else ImageNet's
     evaluation: {images: null, batch_size: 50}
     bench: {batch: [1, 32], threads: 2, rounds: 20}   # batch 1: 10x the rounds
     overrides:                  # first match wins; module names or globs
@@ -55,7 +58,9 @@ DEFAULTS: dict[str, Any] = {
         "percentile": 99.999,  # used as is when percentile_search is []
         "percentile_search": list(DEFAULT_PERCENTILES),
     },
-    "calibration": {"images": 256, "batch_size": 32, "bias_correction": True},
+    # images: a seeded sample spread evenly over the folder's classes
+    "calibration": {"images": 256, "batch_size": 32, "bias_correction": True, "seed": 0},
+    "preprocess": {},  # empty: the model's declared preprocessing, else ImageNet's
     "evaluation": {"images": None, "batch_size": 50},
     "bench": {"batch": [1, 32], "threads": 2, "rounds": 20},
     "overrides": [],
@@ -63,7 +68,8 @@ DEFAULTS: dict[str, Any] = {
 _SECTIONS = {
     "weight": _WEIGHT_KEYS,
     "activation": _ACT_KEYS,
-    "calibration": {"images", "batch_size", "bias_correction"},
+    "calibration": {"images", "batch_size", "bias_correction", "seed"},
+    "preprocess": {"resize", "crop", "mean", "std", "interpolation", "channel_order"},
     "evaluation": {"images", "batch_size"},
     "bench": {"batch", "threads", "rounds"},
 }
@@ -142,14 +148,84 @@ def resolve(
             close = difflib.get_close_matches(str(out[k]), choices, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise RecipeError(f"{k}={out[k]!r} is not one of {choices}{hint}")
-    for section, key in (("calibration", "images"), ("calibration", "batch_size")):
-        v = out[section][key]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise RecipeError(f"{section}.{key}={v!r} must be a positive integer")
+    _check_numbers(out)
+    _check_mode_keys(out, given | {k for k in (recipe or {}) if k not in _SECTIONS})
     if not isinstance(out["overrides"], list):
         raise RecipeError(f"overrides: expected a list, got {out['overrides']!r}")
     to_config(out)  # every spec and override is checked here
+    _check_preprocess(out["preprocess"])
     return out
+
+
+def _check_preprocess(given: dict[str, Any]) -> None:
+    from edgeq.data import Preprocess
+
+    # the keys given, alone (the model's declared sizes fill the others in at run time)
+    base = {**Preprocess.imagenet().to_dict(), "resize": None, "crop": None}
+    try:
+        Preprocess.from_dict({**base, **given})
+    except ValueError as e:
+        raise RecipeError(f"preprocess: {e}") from e
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _check_numbers(out: dict[str, Any]) -> None:
+    """Counts and sizes: positive integers (evaluation.images may be null: all)."""
+    keys = [
+        ("calibration", "images"),
+        ("calibration", "batch_size"),
+        ("evaluation", "batch_size"),
+        ("bench", "threads"),
+        ("bench", "rounds"),
+    ]
+    for section, key in keys:
+        v = out[section][key]
+        if not _positive_int(v):
+            raise RecipeError(f"{section}.{key}={v!r} must be a positive integer")
+    seed = out["calibration"]["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise RecipeError(f"calibration.seed={seed!r} must be a non-negative integer")
+    images = out["evaluation"]["images"]
+    if images is not None and not _positive_int(images):
+        raise RecipeError(
+            f"evaluation.images={images!r} must be a positive integer, or null for all"
+        )
+    batch = out["bench"]["batch"]
+    if _positive_int(batch):
+        out["bench"]["batch"] = batch = [batch]
+    if not isinstance(batch, list) or not batch or not all(_positive_int(b) for b in batch):
+        raise RecipeError(f"bench.batch={batch!r} must be a list of positive integers")
+
+
+# recipe keys a mode does not use: given explicitly, they would be silently ignored
+_UNUSED_BY_MODE = {
+    "float16": ("weight.", "activation.", "overrides"),
+    "weight_only": ("activation.",),
+    "dynamic": ("activation.",),
+}
+
+
+def _value(recipe: dict[str, Any], dotted: str) -> Any:
+    section, _, key = dotted.partition(".")
+    return recipe[section].get(key) if key else recipe[section]
+
+
+def _check_mode_keys(out: dict[str, Any], given: set[str]) -> None:
+    """A key the mode does not use may appear (a resolved recipe holds every key) only
+    with its default value."""
+    mode = out["mode"]
+    for key in sorted(given):
+        if _value(out, key) == _value(DEFAULTS, key):
+            continue
+        for prefix in _UNUSED_BY_MODE.get(mode, ()):
+            if key == prefix or key.startswith(prefix):
+                raise RecipeError(
+                    f"{key}: mode {mode} does not use it (it would be ignored); remove it or "
+                    "choose another mode"
+                )
 
 
 def to_config(recipe: dict[str, Any]) -> PTQConfig:
@@ -168,6 +244,8 @@ def to_config(recipe: dict[str, Any]) -> PTQConfig:
         if w.get("granularity") == "per_group":
             w.setdefault("group_size", 128)
             weight = QuantSpec(axis=1, symmetric=True, signed=True, **w)
+        elif w.get("granularity") == "per_tensor":
+            weight = QuantSpec(symmetric=True, signed=True, **w)
         else:
             weight = QuantSpec(axis=0, symmetric=True, signed=True, **w)
     except (SpecError, TypeError) as e:

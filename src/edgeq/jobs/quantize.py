@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 import edgeq
-from edgeq.data import load_labeled_images
 from edgeq.evaluate.classification import as_predictor, predict, score
 from edgeq.evaluate.per_layer import per_layer_errors
 from edgeq.export import onnx_bytes
-from edgeq.recipe import dump, to_config
+from edgeq.jobs.inputs import JobInputs, prepare_inputs
+from edgeq.recipe import dump
 from edgeq.report.build import build_report
 from edgeq.runs import write_text_atomic
 from edgeq.runtime import machine_info, measure_latency, ort_session
@@ -38,42 +38,47 @@ from edgeq.runtime import machine_info, measure_latency, ort_session
 @dataclass
 class QuantizeJob:
     model: str
-    out: Path
     recipe: dict[str, Any]
     weights: Path | None = None
     calib: Path | None = None  # None: scikit-image's sample photographs
     eval: Path | None = None
     progress: bool = True
     log: Callable[[str], None] = print
+    trust_model_file: bool = False
+
+    def inputs(self) -> JobInputs:
+        """Everything the job reads, checked (before any file is written)."""
+        return prepare_inputs(
+            self.model,
+            self.recipe,
+            weights=self.weights,
+            calib=self.calib,
+            eval=self.eval,
+            trust_model_file=self.trust_model_file,
+        )
 
 
 def _batches(x: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [x[i : i + size] for i in range(0, len(x), size)]
 
 
-def _calibration_images(job: QuantizeJob) -> tuple[torch.Tensor, str]:
-    n = job.recipe["calibration"]["images"]
-    if job.calib is None:
-        from edgeq.data.samples import sample_photo_batch
-
-        x = sample_photo_batch()[:n]
-        return x, f"{len(x)} crops of scikit-image's sample photographs"
-    images = load_labeled_images(job.calib)
-    idx = range(min(n, len(images)))
-    x, _ = images.tensors(idx)
-    return x, f"first {len(x)} images of {job.calib} (sorted by file name)"
+def _weights_description(job: QuantizeJob) -> str:
+    if job.weights is not None:
+        return str(job.weights)
+    if job.model.startswith("torchvision:"):
+        return "random initialization"
+    return "the model's own (from its factory or file)"
 
 
-def run_quantize(job: QuantizeJob) -> dict[str, Any]:
-    """Run the whole job; returns the metrics written to ``metrics.json``."""
+def run_quantize(job: QuantizeJob, inputs: JobInputs, out: Path) -> dict[str, Any]:
+    """Run the whole job into the folder ``out``, from ``inputs`` (`QuantizeJob.inputs`);
+    returns the metrics written to ``metrics.json``."""
     t_start = time.perf_counter()
-    recipe = job.recipe
-    out = job.out
-    config = to_config(recipe)
+    recipe = {**job.recipe, "preprocess": inputs.preprocess.to_dict()}  # as run
+    model, config = inputs.model, inputs.config
+    calib_x, calib_desc = inputs.calib_x, inputs.calib_desc
     write_text_atomic(out / "recipe.yaml", dump(recipe))
-    job.log(f"loading {job.model}" + (f" with weights {job.weights}" if job.weights else ""))
-    model = edgeq.load_model(job.model, job.weights, capture=recipe["capture"])
-    calib_x, calib_desc = _calibration_images(job)
+    job.log(f"preprocessing ({inputs.preprocess_origin}): {inputs.preprocess.describe()}")
     job.log(f"calibrating on {calib_desc}")
     bs = recipe["calibration"]["batch_size"]
     qm = edgeq.quantize(model, _batches(calib_x, bs), config, progress=job.progress)
@@ -88,7 +93,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     provenance = {
         "edgeq_version": edgeq.__version__,
         "source_model": job.model,
-        "weights": str(job.weights) if job.weights else "random initialization",
+        "weights": _weights_description(job),
         "calibration": calib_desc,
         "recipe": json.dumps(recipe, sort_keys=True),
     }
@@ -103,8 +108,8 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
 
     # evaluation data: labeled images, or the calibration crops (fidelity only)
     eval_bs = recipe["evaluation"]["batch_size"]
-    if job.eval is not None:
-        images = load_labeled_images(job.eval)
+    if inputs.eval_images is not None:
+        images = inputs.eval_images
         n = recipe["evaluation"]["images"] or len(images)
         ex, ey = images.tensors(range(min(n, len(images))))
         labels: np.ndarray | None = ey.numpy()
@@ -166,6 +171,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
                 "quantized_ms": 1000 * t["quantized"],
                 "ratio": t["quantized"] / t["fp32"],
             }
+    assert qm.float_module is not None  # quantize keeps it (only edgeq.load drops it)
     errors = per_layer_errors(qm.module, qm.float_module, calib_x[: min(8, len(calib_x))])
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -189,6 +195,11 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         "model": job.model,
         "weights": provenance["weights"],
         "calibration": calib_desc,
+        "preprocess": {
+            **inputs.preprocess.to_dict(),
+            "description": inputs.preprocess.describe(),
+            "origin": inputs.preprocess_origin,
+        },
         "evaluation": eval_desc,
         "mode": config.mode.value,
         "accuracy": accuracy,

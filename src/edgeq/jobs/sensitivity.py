@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 import edgeq
-from edgeq.data import load_labeled_images
 from edgeq.evaluate.classification import score
 from edgeq.graph.insert import feeding_quantizer
 from edgeq.graph.qmodules import ActivationQuantizer, IntegerOp, QuantConv2d, QuantLinear
+from edgeq.jobs.inputs import JobInputs, prepare_inputs
 from edgeq.ptq.static import output_quantizer
-from edgeq.recipe import dump, to_config
+from edgeq.recipe import dump
 from edgeq.report.document import Document
 from edgeq.runs import write_text_atomic
 
@@ -39,13 +39,24 @@ class SensitivityJob:
     model: str
     calib: Path
     eval: Path
-    out: Path
     recipe: dict[str, Any]
     weights: Path | None = None
     images: int = 64
     suggest: int = 3
     progress: bool = True
     log: Callable[[str], None] = print
+    trust_model_file: bool = False
+
+    def inputs(self) -> JobInputs:
+        """Everything the job reads, checked (before any file is written)."""
+        return prepare_inputs(
+            self.model,
+            self.recipe,
+            weights=self.weights,
+            calib=self.calib,
+            eval=self.eval,
+            trust_model_file=self.trust_model_file,
+        )
 
 
 @dataclass
@@ -129,15 +140,14 @@ class LayerSwitchboard:
                 q.enabled = True
 
 
-def run_sensitivity(job: SensitivityJob) -> dict[str, Any]:
-    recipe = job.recipe
-    model = edgeq.load_model(job.model, job.weights, capture=recipe["capture"])
-    calib = load_labeled_images(job.calib)
-    cx, _ = calib.tensors(range(min(recipe["calibration"]["images"], len(calib))))
-    bs = recipe["calibration"]["batch_size"]
-    job.log(f"calibrating on {len(cx)} images")
-    qm = edgeq.quantize(model, [cx[i : i + bs] for i in range(0, len(cx), bs)], to_config(recipe))
-    ev = load_labeled_images(job.eval)
+def run_sensitivity(job: SensitivityJob, inputs: JobInputs, out: Path) -> dict[str, Any]:
+    """Rank the layers (see the module docstring) into the folder ``out``."""
+    model, cx = inputs.model, inputs.calib_x
+    bs = job.recipe["calibration"]["batch_size"]
+    job.log(f"calibrating on {inputs.calib_desc}")
+    qm = edgeq.quantize(model, [cx[i : i + bs] for i in range(0, len(cx), bs)], inputs.config)
+    ev = inputs.eval_images
+    assert ev is not None  # prepare_inputs was given the evaluation folder
     ex, ey = ev.tensors(range(min(job.images, len(ev))))
     labels = ey.numpy()
     gm = qm.module
@@ -178,7 +188,6 @@ def run_sensitivity(job: SensitivityJob) -> dict[str, Any]:
     ranked = sorted(rows, key=lambda r: -r["sqnr_gain_db"])
     suggestions = [{"match": r["layer"], "float": True} for r in ranked[: job.suggest]]
 
-    out = job.out
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()

@@ -1,6 +1,6 @@
 """Post-training quantization."""
 
 from edgeq.ptq.config import Mode, PTQConfig, Target
-from edgeq.ptq.static import QuantizedModel, quantize
+from edgeq.ptq.static import QuantizedModel, check_config, quantize
 
-__all__ = ["Mode", "PTQConfig", "QuantizedModel", "Target", "quantize"]
+__all__ = ["Mode", "PTQConfig", "QuantizedModel", "Target", "check_config", "quantize"]

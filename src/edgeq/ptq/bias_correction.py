@@ -20,12 +20,13 @@ import torch.nn.functional as F
 from torch import fx
 
 from edgeq.graph.qmodules import QuantConv2d, QuantLinear, fake_quantized
+from edgeq.ptq.range_search import Batch, run_batch
 
 BIAS_CORRECTION_IMAGES = 64  # the first calibration images measure the shifts
 
 
 @torch.no_grad()
-def correct_biases(gm: fx.GraphModule, batches: Iterable[torch.Tensor]) -> int:
+def correct_biases(gm: fx.GraphModule, batches: Iterable[Batch]) -> int:
     """Add the mean weight-rounding error of every quantized conv/linear to its bias.
 
     Returns the number of layers corrected.
@@ -54,7 +55,7 @@ def correct_biases(gm: fx.GraphModule, batches: Iterable[torch.Tensor]) -> int:
     try:
         with fake_quantized(gm):
             for x in batches:
-                gm(x)
+                run_batch(gm, x)
     finally:
         for h in handles:
             h.remove()

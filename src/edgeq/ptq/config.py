@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from torch import nn
 
+from edgeq.graph.qmodules import layer_weight_spec
 from edgeq.ptq.range_search import DEFAULT_PERCENTILES
-from edgeq.quant import Granularity, QuantSpec, RangeMethod, SpecError
+from edgeq.quant import Granularity, QuantSpec, RangeMethod, Scheme, SpecError
 
 
 class Target(StrEnum):
@@ -71,6 +74,26 @@ def _default_activation_spec() -> QuantSpec:
     )
 
 
+# What each mode can quantize, pack, save, load and export to ONNX today (every other
+# combination crashed somewhere between calibration and export, or exported a model
+# that disagrees with the simulation): options outside these are refused up front.
+WEIGHT_BITS: dict[Mode, tuple[int, ...]] = {
+    Mode.STATIC: (2, 4, 8),  # int8 QLinearConv/QGemm weights holding 2/4-bit levels
+    Mode.WEIGHT_ONLY: (4, 8),  # int4/int8 DequantizeLinear
+    Mode.DYNAMIC: (2, 4, 8),  # int8 MatMulInteger weights
+}
+WEIGHT_GRANULARITIES: dict[Mode, tuple[Granularity, ...]] = {
+    Mode.STATIC: (Granularity.PER_CHANNEL,),
+    Mode.WEIGHT_ONLY: tuple(Granularity),
+    Mode.DYNAMIC: (Granularity.PER_TENSOR, Granularity.PER_CHANNEL),
+}
+ACTIVATION_BITS = (8,)  # uint8/int8 QuantizeLinear feeding the integer kernels
+
+
+def _allowed(values: tuple) -> str:
+    return ", ".join(str(getattr(v, "value", v)) for v in values)
+
+
 @dataclass(frozen=True)
 class LayerOverride:
     """Per-layer exception, matched on the module name (``fnmatch`` glob, e.g.
@@ -82,6 +105,14 @@ class LayerOverride:
     float: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.match, str) or not self.match:
+            raise SpecError(f"override match={self.match!r} must be a module name or glob")
+        if not isinstance(self.float, bool):
+            raise SpecError(f"override {self.match!r}: float={self.float!r} must be true/false")
+        if self.bits is not None and (
+            not isinstance(self.bits, int) or isinstance(self.bits, bool)
+        ):
+            raise SpecError(f"override {self.match!r}: bits={self.bits!r} must be an int")
         if self.float and self.bits is not None:
             raise SpecError(f"override {self.match!r}: give bits or float, not both")
         if not self.float and self.bits is None:
@@ -137,6 +168,78 @@ class PTQConfig:
         object.__setattr__(self, "target", Target(self.target))
         object.__setattr__(self, "mode", Mode(self.mode))
         object.__setattr__(self, "overrides", tuple(self.overrides))
+        self._check_supported()
+
+    def _check_supported(self) -> None:
+        """Refuse what this mode cannot quantize, pack, load and export (see WEIGHT_BITS)."""
+        mode, w = self.mode, self.weight
+        if mode is Mode.FLOAT16:
+            return  # weight and activation specs are not used
+        if w.scheme is not Scheme.UNIFORM:
+            raise SpecError(
+                f"weight.scheme={w.scheme.value}: {w.scheme.value} levels are not built into "
+                "the quantized layers yet (they would be quantized uniformly); use uniform"
+            )
+        bits = WEIGHT_BITS[mode]
+        if w.bits not in bits:
+            raise SpecError(f"weight.bits={w.bits}: mode {mode.value} takes {_allowed(bits)}")
+        for o in self.overrides:
+            if o.bits is not None and o.bits not in bits:
+                raise SpecError(
+                    f"override {o.match!r}: bits={o.bits}: mode {mode.value} takes {_allowed(bits)}"
+                )
+        grans = WEIGHT_GRANULARITIES[mode]
+        if w.granularity not in grans:
+            raise SpecError(
+                f"weight.granularity={w.granularity.value}: mode {mode.value} takes "
+                f"{_allowed(grans)}"
+            )
+        a = self.activation
+        if mode is Mode.STATIC and (
+            a.bits not in ACTIVATION_BITS or a.scheme is not Scheme.UNIFORM
+        ):
+            raise SpecError(
+                f"activation.bits={a.bits}, scheme={a.scheme.value}: static mode takes "
+                f"{_allowed(ACTIVATION_BITS)}-bit uniform activations (the integer kernels' "
+                "inputs)"
+            )
+        if not isinstance(self.min_depthwise_bits, int) or self.min_depthwise_bits not in bits:
+            raise SpecError(
+                f"min_depthwise_bits={self.min_depthwise_bits!r}: mode {mode.value} takes "
+                f"{_allowed(bits)}"
+            )
+
+    def check_layers(self, layers: Mapping[str, nn.Module]) -> None:
+        """Check the config against the model's quantizable layers (name -> float module):
+        every override matches at least one layer, and the group size divides the input
+        channels of each layer quantized per group (spatial kernels and layers with
+        fewer channels than a group fall back to per channel: `layer_weight_spec`).
+
+        Raises:
+            SpecError: naming the override (with the closest layer names) or the layer.
+        """
+        names = list(layers)
+        for o in self.overrides:
+            if not any(o.matches(n) for n in names):
+                close = difflib.get_close_matches(o.match, names, n=3, cutoff=0.4)
+                hint = f"; closest layer names: {', '.join(close)}" if close else ""
+                raise SpecError(
+                    f"override match={o.match!r} matches no layer of the model{hint} "
+                    f"({len(names)} quantizable layers, e.g. {', '.join(names[:3])})"
+                )
+        if self.mode is Mode.FLOAT16 or self.weight.granularity is not Granularity.PER_GROUP:
+            return
+        size = self.weight.group_size
+        for name, module in layers.items():
+            weight = getattr(module, "weight", None)
+            if self.layer_bits(name, module) is None or weight is None or weight.dim() < 2:
+                continue
+            spec = layer_weight_spec(self.weight, tuple(weight.shape))
+            if spec.granularity is Granularity.PER_GROUP and weight.shape[1] % size:
+                raise SpecError(
+                    f"weight.group_size={size} does not divide the {weight.shape[1]} input "
+                    f"channels of layer {name!r}; choose a divisor or per_channel"
+                )
 
     def percentile_candidates(self) -> tuple[float, ...]:
         """Activation percentiles to score after calibration: none unless activations

@@ -54,14 +54,28 @@ def output_sqnr_db(reference: Sequence[object], output: Sequence[object]) -> flo
     return 10.0 * torch.log10(torch.tensor(signal / noise)).item()
 
 
-def first_images(batches: Sequence[torch.Tensor], images: int = SEARCH_IMAGES) -> list:
-    """The first ``images`` calibration inputs, in batches as given."""
-    out, n = [], 0
+Batch = torch.Tensor | tuple[torch.Tensor, ...]  # one input, or a model's several inputs
+
+
+def run_batch(model: Callable[..., object], batch: Batch) -> object:
+    """``model`` on one calibration batch (a tuple holds several inputs)."""
+    return model(*batch) if isinstance(batch, tuple) else model(batch)
+
+
+def first_images(batches: Sequence[Batch], images: int = SEARCH_IMAGES) -> list:
+    """The first ``images`` calibration inputs, in batches as given (every input of a
+    several-input batch cut alike)."""
+    out: list[Batch] = []
+    n = 0
     for x in batches:
         if n >= images:
             break
-        out.append(x[: images - n])
-        n += len(out[-1])
+        if isinstance(x, tuple):
+            out.append(tuple(t[: images - n] for t in x))
+            n += len(x[0])
+        else:
+            out.append(x[: images - n])
+            n += len(out[-1])
     return out
 
 
@@ -69,7 +83,7 @@ def first_images(batches: Sequence[torch.Tensor], images: int = SEARCH_IMAGES) -
 def search_percentile(
     gm: fx.GraphModule,
     float_gm: fx.GraphModule,
-    batches: Sequence[torch.Tensor],
+    batches: Sequence[Batch],
     candidates: Sequence[float],
     apply: Callable[[float], None],
 ) -> dict[float, float]:
@@ -85,12 +99,12 @@ def search_percentile(
     Returns:
         Output SQNR (dB) against ``float_gm`` per candidate, in the order tried.
     """
-    reference = [float_gm(x) for x in batches]
+    reference = [run_batch(float_gm, x) for x in batches]
     scores: dict[float, float] = {}
     with fake_quantized(gm):
         for p in candidates:
             apply(p)
-            scores[p] = output_sqnr_db(reference, [gm(x) for x in batches])
+            scores[p] = output_sqnr_db(reference, [run_batch(gm, x) for x in batches])
     apply(best_percentile(scores))
     return scores
 

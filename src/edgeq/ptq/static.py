@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -15,10 +15,22 @@ from edgeq.graph.capture import capture
 from edgeq.graph.fold_bn import fold_batchnorm
 from edgeq.graph.insert import PlacementReport, feeding_quantizer, prepare
 from edgeq.graph.qlstm import QuantLSTM
-from edgeq.graph.qmodules import ActivationQuantizer, IntegerOp, QuantConv2d, QuantLinear
+from edgeq.graph.qmodules import (
+    QUANT_MODULES,
+    ActivationQuantizer,
+    IntegerOp,
+    QuantConv2d,
+    QuantLinear,
+)
 from edgeq.ptq.bias_correction import BIAS_CORRECTION_IMAGES, correct_biases
 from edgeq.ptq.config import Mode, PTQConfig, Target
-from edgeq.ptq.range_search import best_percentile, first_images, search_percentile
+from edgeq.ptq.range_search import (
+    Batch,
+    best_percentile,
+    first_images,
+    run_batch,
+    search_percentile,
+)
 from edgeq.quant import QuantInputError
 
 
@@ -40,23 +52,67 @@ class QuantizedModel:
     # long each phase took ("seconds"); empty when nothing was calibrated
     calibration: dict = field(default_factory=dict)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.module(*inputs)
 
 
-def _batches(data: Iterable) -> Iterable[torch.Tensor]:
-    for item in data:
-        x = item[0] if isinstance(item, tuple | list) else item
-        if not isinstance(x, torch.Tensor):
+def _batches(data: Iterable, n_inputs: int) -> Iterator[Batch]:
+    """Calibration items as model inputs. One-input models: a tensor, or ``(x, label)``
+    (the label is ignored). Models with ``n_inputs`` > 1: a tuple of that many tensors
+    (more items, such as a label, are ignored)."""
+    for i, item in enumerate(data):
+        if n_inputs == 1:
+            x = item[0] if isinstance(item, tuple | list) and item else item
+            if not isinstance(x, torch.Tensor):
+                raise QuantInputError(
+                    f"calibration item {i}: expected a tensor or an (x, label) tuple, got "
+                    f"{type(x).__name__}"
+                )
+            yield x
+            continue
+        if not isinstance(item, tuple | list) or len(item) < n_inputs:
             raise QuantInputError(
-                f"calibration data must yield tensors (or (x, y) tuples), got {type(x).__name__}"
+                f"calibration item {i}: the model takes {n_inputs} inputs, so each item is a "
+                f"tuple of {n_inputs} tensors (got {type(item).__name__}"
+                + (f" of {len(item)}" if isinstance(item, tuple | list) else "")
+                + "); or pass a function that runs the model: lambda m: [m(a, b) for ...]"
             )
-        yield x
+        args = tuple(item[:n_inputs])
+        bad = [type(a).__name__ for a in args if not isinstance(a, torch.Tensor)]
+        if bad:
+            raise QuantInputError(f"calibration item {i}: inputs must be tensors, got {bad}")
+        yield args
+
+
+def quantizable_layers(gm: fx.GraphModule) -> dict[str, nn.Module]:
+    """The layers of a captured graph that have a quantized module (name -> module)."""
+    modules = dict(gm.named_modules())
+    return {
+        str(n.target): modules[str(n.target)]
+        for n in gm.graph.nodes
+        if n.op == "call_module" and type(modules[str(n.target)]) in QUANT_MODULES
+    }
+
+
+def check_config(model: nn.Module, config: PTQConfig) -> None:
+    """Check ``config`` against ``model`` before any calibration: the model captures,
+    every override matches a layer, per-group sizes divide the layers' channels.
+
+    Raises:
+        CaptureError: the model cannot be traced.
+        SpecError: an override matches nothing, or a group size does not fit a layer.
+    """
+    config.check_layers(quantizable_layers(fold_batchnorm(capture(model))))
 
 
 def rewrite(float_gm: fx.GraphModule, config: PTQConfig) -> tuple[fx.GraphModule, PlacementReport]:
     """A copy of the BN-folded graph rewritten for ``config.mode`` (quantized modules and
-    quantizers placed, not yet calibrated). Shared by `quantize` and `edgeq.load`."""
+    quantizers placed, not yet calibrated). Shared by `quantize` and `edgeq.load`.
+
+    Raises:
+        SpecError: the config does not fit the model's layers (`PTQConfig.check_layers`).
+    """
+    config.check_layers(quantizable_layers(float_gm))
     gm = copy.deepcopy(float_gm)
     if config.mode is Mode.FLOAT16:  # the graph is unchanged; only values are rounded
         return gm, PlacementReport()
@@ -90,10 +146,14 @@ def quantize(
 
     Args:
         model: a float ``nn.Module`` (traceable with torch.fx).
-        calib_data: an iterable of input batches (tensors or ``(x, label)`` tuples),
-            or a function that takes the model being calibrated and runs it on the
-            calibration data itself (models with several inputs); unused (may be
-            empty) with ``config.mode == "weight_only"``.
+        calib_data: an iterable of input batches, or a function that runs the model
+            being calibrated itself. Batches of a one-input model are tensors or
+            ``(x, label)`` tuples (the label is ignored); of a model with N inputs,
+            tuples of N tensors (``(a, b)``; anything after them is ignored). Both keep
+            the percentile search and bias correction, which replay the first
+            batches. A function (``lambda m: [m(a, b) for a, b in loader]``) cannot be
+            replayed: both are skipped, with a warning naming them. Unused (may be
+            empty) in the weight_only, float16 and dynamic modes.
         config: `PTQConfig`; defaults are chosen to minimize accuracy loss.
         progress: show a progress bar.
 
@@ -153,15 +213,16 @@ def quantize(
                 stacklevel=2,
             )
         return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0, source)
-    batches = _batches(calib_data)
+    n_inputs = sum(1 for n in float_gm.graph.nodes if n.op == "placeholder")
+    batches: Iterable[Batch] = _batches(calib_data, n_inputs)
     if progress:
         from tqdm import tqdm
 
         batches = tqdm(batches, desc="calibrating", unit="batch", disable=None)
-    seen: list[torch.Tensor] = []
+    seen: list[Batch] = []
     t_calib = time.perf_counter()
     for x in batches:
-        gm(x)
+        run_batch(gm, x)
         seen.append(x)
         if config.max_calibration_batches and len(seen) >= config.max_calibration_batches:
             break
@@ -180,7 +241,7 @@ def quantize(
 def _refine(
     gm: fx.GraphModule,
     float_gm: fx.GraphModule,
-    seen: list[torch.Tensor],
+    seen: list[Batch],
     config: PTQConfig,
     phases: dict[str, float],
 ) -> dict:

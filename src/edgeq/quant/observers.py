@@ -139,7 +139,10 @@ class RangeObserver(nn.Module):
             )
         elif method is RangeMethod.KL:
             lo, hi = kl_rows(self.hist, self.bound, lo, hi, self.spec)
-        return lo, hi
+        # a constant row (all-zero weights, a dead ReLU): its histogram's bin centres can
+        # fall a hair on the wrong side of the value, leaving hi < lo; the range is that
+        # single value
+        return lo, torch.maximum(hi, lo)
 
 
 def _grow(hist: torch.Tensor, factor: int) -> torch.Tensor:

@@ -30,6 +30,9 @@ def build_report(out: Path, metrics: dict[str, Any], errors: list[LayerError]) -
         f"Weights: {metrics['weights']}. Calibration: {metrics['calibration']}. "
         f"Evaluation: {metrics['evaluation']}."
     )
+    pre = metrics.get("preprocess")
+    if pre:
+        doc.p(f"Preprocessing ({pre['origin']}): {pre['description']}.")
 
     doc.h2("FP32 vs quantized")
     headers = [

@@ -9,16 +9,32 @@ import numpy as np
 import onnxruntime as ort
 
 
+class OnnxModelError(ValueError):
+    """A file given as an ONNX model is missing or is not one ONNX Runtime can load."""
+
+
 def ort_session(
     path: str | Path, *, threads: int = 2, optimized_model_path: str | Path | None = None
 ) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads.
+
+    Raises:
+        OnnxModelError: the file is missing or not a loadable ONNX model (naming it).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise OnnxModelError(f"{p}: ONNX file not found")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if optimized_model_path is not None:
         opts.optimized_model_filepath = str(optimized_model_path)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise OnnxModelError(f"{p}: not an ONNX model ONNX Runtime can load ({first})") from e
 
 
 def measure_latency(
