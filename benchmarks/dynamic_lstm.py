@@ -32,6 +32,7 @@ from torch import nn
 
 import edgeq
 from edgeq.ptq import PTQConfig
+from edgeq.quant import sqnr_db
 from edgeq.runtime import measure_latency, ort_session
 
 FEATURES, FRAMES, HIDDEN, CLASSES = 40, 100, 256, 12
@@ -47,10 +48,6 @@ class KeywordLSTM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, _ = self.lstm(torch.relu(self.frontend(x)))
         return self.head(y[:, -1, :])
-
-
-def _sqnr(ref: np.ndarray, x: np.ndarray) -> float:
-    return float(10 * np.log10((ref**2).sum() / max(((ref - x) ** 2).sum(), 1e-30)))
 
 
 def _agreement(ref: np.ndarray, x: np.ndarray) -> float:
@@ -101,12 +98,12 @@ def main() -> None:
     rows["FP32"] = {}
     for k, p in paths.items():
         rows[k] |= {
-            "sqnr_db": _sqnr(ref, outputs[k]),
+            "sqnr_db": sqnr_db(ref, outputs[k]),
             "agreement": _agreement(ref, outputs[k]),
             "mb": Path(p).stat().st_size / 1e6,
             "size_ratio": Path(p).stat().st_size / fp32_bytes,
         }
-    rows["edgeq dynamic"]["ort_vs_sim_sqnr_db"] = _sqnr(sim, outputs["edgeq dynamic"])
+    rows["edgeq dynamic"]["ort_vs_sim_sqnr_db"] = sqnr_db(sim, outputs["edgeq dynamic"])
     rows["edgeq dynamic"]["ort_vs_sim_max_abs"] = float(
         np.abs(sim - outputs["edgeq dynamic"]).max()
     )
@@ -127,7 +124,7 @@ def main() -> None:
             out = tq(test).numpy()
     rows["PyTorch quantize_dynamic (in PyTorch)"] = {
         "quantize_s": seconds,
-        "sqnr_db": _sqnr(ref, out),
+        "sqnr_db": sqnr_db(ref, out),
         "agreement": _agreement(ref, out),
     }
 

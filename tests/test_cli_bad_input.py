@@ -307,6 +307,7 @@ def test_preprocessing_flags_reach_the_metrics_and_the_report(tmp_path, images, 
     assert "spread over 3 of 3 classes" in m["calibration"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_run_and_marks_it_failed(tmp_path, images):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "edgeq.cli", "quantize", FACTORY, "--calib", str(images)]

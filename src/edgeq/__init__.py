@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from edgeq.artifact import load, save
 from edgeq.export import export_onnx
+from edgeq.graph.lift import export_and_lift
 from edgeq.models import load_model
 from edgeq.ptq import PTQConfig, QuantizedModel, quantize
 
@@ -19,6 +20,7 @@ __all__ = [
     "PTQConfig",
     "QuantizedModel",
     "__version__",
+    "export_and_lift",
     "export_onnx",
     "load",
     "load_model",

@@ -136,6 +136,7 @@ def test_bad_model_files_are_named(tmp_path):
         load_model(str(broken), trust_model_file=True)
 
 
+@pytest.mark.slow
 def test_real_mobilenet_v2_from_torchscript_is_identical_after_quantization(
     tmp_path, mobilenet_v2_state_dict
 ):

@@ -132,10 +132,10 @@ def test_search_is_off_for_other_estimators_and_when_empty():
 
 
 def test_bias_correction_removes_the_mean_output_shift_of_rounding():
-    """3-bit weights round coarsely; the correction takes their mean effect on each
+    """2-bit weights round coarsely; the correction takes their mean effect on each
     output channel out, measured on the calibration data."""
     model, x = _model(), _data(64, 0)
-    w3 = QuantSpec(bits=3, granularity="per_channel", axis=0, range_method="minmax")
+    w3 = QuantSpec(bits=2, granularity="per_channel", axis=0, range_method="minmax")
     spec = {"weight": w3, "percentile_search": ()}
     plain = edgeq.quantize(model, [x], PTQConfig(bias_correction=False, **spec))
     corrected = edgeq.quantize(model, [x], PTQConfig(**spec))
@@ -175,3 +175,63 @@ def test_a_bias_added_by_the_correction_survives_save_and_load(tmp_path):
     loaded = edgeq.load(edgeq.save(qm, tmp_path / "art"), trust_model_file=True)
     with torch.no_grad():
         assert torch.equal(loaded(x), qm(x))
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.b = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.a(a) + self.b(b)))
+
+
+def test_tuples_of_inputs_keep_the_search_and_bias_correction():
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    data = [(torch.randn(16, 8), torch.randn(16, 8)) for _ in range(3)]
+    qm = edgeq.quantize(model, data)
+    assert "activation_percentile" in qm.calibration
+    assert qm.calibration["bias_corrected_layers"] == 3
+    assert qm.calibration["bias_correction_images"] == 48
+    with torch.no_grad():
+        ref, out = model(*data[0]), qm(*data[0])
+    sqnr = float(10 * torch.log10((ref**2).sum() / ((out - ref) ** 2).sum()))
+    print(f"two-input model SQNR {sqnr:.1f} dB")
+    assert sqnr > 25
+
+
+def test_a_callable_warns_naming_what_it_skips():
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    data = [(torch.randn(16, 8), torch.randn(16, 8))]
+    with pytest.warns(UserWarning, match="bias correction and the activation percentile search"):
+        edgeq.quantize(model, lambda m: [m(a, b) for a, b in data])
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (torch.randn(4, 8), "the model takes 2 inputs, so each item is a tuple of 2 tensors"),
+        ((torch.randn(4, 8),), "tuple of 2 tensors \\(got tuple of 1\\)"),
+        ((torch.randn(4, 8), "b"), "inputs must be tensors"),
+    ],
+    ids=["one-tensor", "short-tuple", "not-a-tensor"],
+)
+def test_calibration_items_that_do_not_fit_the_inputs_are_named(item, message):
+    with pytest.raises(edgeq.quant.QuantInputError, match=message):
+        edgeq.quantize(TwoInputs().eval(), [item])
+
+
+def test_all_zero_weights_and_dead_activations_quantize():
+    """A constant tensor's range is its one value (its histogram's bin centres used to
+    put hi a hair below lo and fail with min_val > max_val)."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 8, 8))
+    nn.init.zeros_(model[0].weight)
+    nn.init.zeros_(model[0].bias)
+    qm = edgeq.quantize(model.eval(), [torch.randn(4, 3, 8, 8)])
+    with torch.no_grad():
+        assert torch.equal(qm(torch.randn(2, 3, 8, 8)), qm(torch.randn(2, 3, 8, 8)))

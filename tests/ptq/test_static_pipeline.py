@@ -213,6 +213,7 @@ def test_whole_model_is_bit_exact_against_onnxruntime(tmp_path, seed, target):
     np.testing.assert_array_equal(ours, sim)
 
 
+@pytest.mark.slow
 def test_real_mobilenet_v2_is_bit_exact_against_onnxruntime(tmp_path, mobilenet_v2_state_dict):
     import torchvision
 
@@ -247,6 +248,7 @@ def test_unsupported_ops_are_named_in_a_warning_or_an_error_in_strict_mode():
         quantize(WithSigmoid().eval(), [x], PTQConfig(strict=True))
 
 
+@pytest.mark.slow
 def test_resnet18_add_relu_fuses_and_is_bit_exact(tmp_path):
     """ResNet's `out += identity; relu(out)` becomes one QLinearAdd (its clamp at zero
     point 0 is the ReLU): no float requantization left, logits equal ONNX Runtime's."""
@@ -270,6 +272,7 @@ def test_resnet18_add_relu_fuses_and_is_bit_exact(tmp_path):
     np.testing.assert_array_equal(_ort_logits(path, x), sim)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "densenet121"])
 def test_float_ops_export_and_run_next_to_integer_kernels(tmp_path, name):
     """Hardswish, hardsigmoid, squeeze-excite multiplies (MobileNetV3) and BatchNorms

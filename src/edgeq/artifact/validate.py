@@ -31,7 +31,7 @@ SCHEMA_VERSION = 1
 META = "edgeq.json"
 # what pack_bits stores and QuantSpec's integer grids allow (2 to 16 bits)
 STORED_BITS = tuple(b for b in PACKABLE_BITS if b >= 2)
-SOURCE_KINDS = ("torchvision", "factory", "torchscript", "exported_program")
+SOURCE_KINDS = ("torchvision", "factory", "torchscript", "exported_program", "hf")
 BIAS_KINDS = (None, "int32", "float")
 MAX_DIMS = 8
 
@@ -172,15 +172,15 @@ def check_source(value: object, at: At, *, trust: bool) -> dict[str, Any]:
         at.fail(f"{kind} source; {refusal}")  # before any recorded path is touched
     if kind == "torchvision":
         _check_torchvision_name(*get(source, "name", at))
-    elif kind != "factory":
+    elif kind not in ("factory", "hf"):  # an hf folder is read by transformers
         digest = as_str(*get(source, "sha256", at))
         if not re.fullmatch(r"[0-9a-f]{64}", digest):
             at.child("sha256").bad(digest, "64 lowercase hex digits")
     capture = source.get("capture", "fx")
     if capture not in ("fx", "export"):
         at.child("capture").bad(capture, "'fx' or 'export'")
-    if capture == "export" or kind not in ("torchvision", "factory"):
-        _check_input_shape(*get(source, "input_shape", at))
+    if kind != "hf" and (capture == "export" or kind not in ("torchvision", "factory")):
+        _check_input_shape(*get(source, "input_shape", at))  # hf: captured on text
     return dict(source)
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeq.quant import sqnr_db as quant_sqnr_db
+
 Metric = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], "float | None"]
 Predictor = Callable[[torch.Tensor], np.ndarray]
 
@@ -37,13 +39,8 @@ def agreement(logits: np.ndarray, labels: np.ndarray, ref: np.ndarray | None) ->
 
 def sqnr_db(logits: np.ndarray, labels: np.ndarray, ref: np.ndarray | None) -> float | None:
     """Signal-to-quantization-noise ratio of the logits against the reference, in dB
-    (inf when identical)."""
-    if ref is None:
-        return None
-    noise = float(((logits.astype(np.float64) - ref) ** 2).sum())
-    if noise == 0.0:
-        return float("inf")
-    return float(10 * np.log10(float((ref.astype(np.float64) ** 2).sum()) / noise))
+    (inf when identical; `edgeq.quant.sqnr_db`)."""
+    return None if ref is None else quant_sqnr_db(ref, logits)
 
 
 def kl_divergence(logits: np.ndarray, labels: np.ndarray, ref: np.ndarray | None) -> float | None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeq.graph.qmodules import QuantConv2d, QuantLinear
+from edgeq.quant import sqnr_db
 
 
 @dataclass
@@ -27,13 +28,6 @@ class LayerError:
     weight_levels_grid: torch.Tensor  # dequantized levels of the worst channel
     activation: torch.Tensor | None  # float activation sample
     activation_range: tuple[float, float] | None  # output quantizer range
-
-
-def _sqnr(ref: torch.Tensor, x: torch.Tensor) -> float:
-    noise = float(((ref.double() - x.double()) ** 2).sum())
-    if noise == 0.0:
-        return float("inf")
-    return float(10 * torch.log10((ref.double() ** 2).sum() / noise))
 
 
 def _act(y: torch.Tensor, activation: str | None) -> torch.Tensor:
@@ -80,7 +74,7 @@ def per_layer_errors(
     for name, m in layers.items():
         w = m.weight.detach()
         w_hat, _ = m.sim_weight_bias()
-        w_sqnr = _sqnr(w, w_hat.detach())
+        w_sqnr = sqnr_db(w, w_hat.detach())
         per_channel_err = ((w - w_hat) ** 2).reshape(w.shape[0], -1).sum(1)
         worst = int(per_channel_err.argmax())
         scale = m.weight_scale.reshape(-1)[min(worst, m.weight_scale.numel() - 1)]
@@ -88,7 +82,7 @@ def per_layer_errors(
         grid = torch.arange(spec.qmin, spec.qmax + 1, dtype=torch.float32) * scale
         a_sqnr = act = rng = None
         if name in f_out and name in q_out and f_out[name].shape == q_out[name].shape:
-            a_sqnr = _sqnr(f_out[name], q_out[name])
+            a_sqnr = sqnr_db(f_out[name], q_out[name])
             flat = f_out[name].reshape(-1)
             idx = torch.randint(0, flat.numel(), (min(sample, flat.numel()),), generator=gen)
             act = flat[idx]

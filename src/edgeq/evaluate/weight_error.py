@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
 
-from edgeq.quant import QuantSpec, choose_qparams, dequantize, estimate_range, quantize
-
-
-def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB: ``10 log10(|ref|^2 / |ref - approx|^2)``.
-
-    ``inf`` when the two are equal.
-    """
-    noise = float(((reference - approx) ** 2).sum())
-    signal = float((reference**2).sum())
-    if noise == 0.0:
-        return math.inf
-    return 10.0 * math.log10(max(signal, 1e-300) / noise)
+from edgeq.quant import (
+    QuantSpec,
+    choose_qparams,
+    dequantize,
+    estimate_range,
+    quantize,
+    sqnr_db,
+)
 
 
 def weight_error_table(

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from edgeq.export.dtypes import cast_to, node_dtype, numpy_dtype, result_dtype
 from edgeq.export.float_ops import FUNCTIONS, Translator
 
 aten = torch.ops.aten
@@ -67,19 +68,23 @@ def _sym_size(em: Any, node: fx.Node, ins: list[str]) -> str:
 
 def arithmetic(op: str, em: Any, node: fx.Node, *, sizes_only: bool = False) -> str | None:
     """``a <op> b`` where one side is a size or a tensor and the other may be a Python
-    number: sizes stay int64, tensors get a float32 constant."""
+    number: sizes stay int64; a tensor operand is cast to the result's dtype where
+    PyTorch promotes it (an int64 mask times a float), and a number becomes a constant
+    of that dtype."""
     a, b = node.args[:2]
     if not any(isinstance(v, fx.Node) for v in (a, b)):
         return None
     as_size = all(is_size(v) or isinstance(v, int) for v in (a, b))
+    dtype = result_dtype(node)
     names = []
     for k, v in enumerate((a, b)):
         if isinstance(v, fx.Node):
-            names.append(em.names[v])
+            name = em.names[v]
+            names.append(name if as_size else cast_to(em, name, v, dtype, f"{node.name}.cast{k}"))
         elif as_size:
             names.append(_i64(em, f"{node.name}.c{k}", [int(v)]))
-        elif isinstance(v, int | float):
-            names.append(em.init(f"{node.name}.c{k}", np.array(v, np.float32)))
+        elif isinstance(v, int | float | bool):
+            names.append(em.init(f"{node.name}.c{k}", np.array(v, numpy_dtype(dtype))))
         else:
             return None
     if sizes_only and not as_size:
@@ -136,7 +141,8 @@ def _unflatten(em: Any, node: fx.Node, ins: list[str]) -> str | None:
 
 def _chunk(em: Any, node: fx.Node, ins: list[str]) -> tuple[str, ...] | None:
     shape = _shape(node.args[0])
-    chunks, dim = int(node.args[1]), int(node.args[2]) if len(node.args) > 2 else 0
+    chunks = int(node.args[1])
+    dim = int(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0))
     if shape is None or dim % len(shape) in batch_dims(node.args[0]):
         return None
     size = shape[dim]
@@ -186,17 +192,17 @@ def _einsum(em: Any, node: fx.Node, ins: list[str]) -> str | None:
 
 
 def _attention(em: Any, node: fx.Node, ins: list[str]) -> str | None:
-    """scaled_dot_product_attention(q, k, v) without mask or dropout: softmax(q k^T *
-    scale) v, in float."""
+    """scaled_dot_product_attention(q, k, v, attn_mask) without dropout or causal
+    masking: softmax(q k^T * scale + mask) v, in float. A float mask is added (a text
+    encoder's (1 - mask) * finfo.min); a bool mask keeps the scores where it is True."""
     q, k, v = node.args[:3]
     names = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
     extra = dict(zip(names, node.args[3:], strict=False)) | dict(node.kwargs)
-    if extra.get("attn_mask") is not None or extra.get("is_causal") or extra.get("enable_gqa"):
-        return None
-    if extra.get("dropout_p", 0.0):
+    mask = extra.get("attn_mask")
+    if extra.get("is_causal") or extra.get("enable_gqa") or extra.get("dropout_p", 0.0):
         return None
     shape = _shape(q)
-    if shape is None:
+    if shape is None or not (mask is None or isinstance(mask, fx.Node)):
         return None
     scale = extra.get("scale") or 1.0 / math.sqrt(shape[-1])
     rank = len(shape)
@@ -205,6 +211,11 @@ def _attention(em: Any, node: fx.Node, ins: list[str]) -> str | None:
     scores = em.add("MatMul", [em.names[q], kt], f"{node.name}.qk")
     factor = em.init(f"{node.name}.scale", np.array(scale, np.float32))
     scaled = em.add("Mul", [scores, factor], f"{node.name}.scaled")
+    if mask is not None and node_dtype(mask) == torch.bool:
+        low = em.init(f"{node.name}.masked", np.array(-np.inf, np.float32))
+        scaled = em.add("Where", [em.names[mask], scaled, low], f"{node.name}.masked_scores")
+    elif mask is not None:
+        scaled = em.add("Add", [scaled, em.names[mask]], f"{node.name}.masked_scores")
     weights = em.add("Softmax", [scaled], f"{node.name}.softmax", axis=-1)
     return em.add("MatMul", [weights, em.names[v]], node.name)
 
@@ -224,17 +235,27 @@ def _pad(em: Any, node: fx.Node, ins: list[str]) -> str | None:
 
 
 def _slice(em: Any, node: fx.Node, ins: list[str]) -> str | None:
+    """x[start:end:step] along one dimension; start and end may be sizes
+    (``position_ids[:, :seq_len]``)."""
     names = ("input", "dim", "start", "end", "step")
     a = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
     start, end, step = a.get("start") or 0, a.get("end"), a.get("step") or 1
     end = 2**63 - 1 if end is None else end
-    if not all(isinstance(v, int) for v in (start, end, step)):
+    bounds = []
+    for k, v in (("start", start), ("end", end)):
+        if isinstance(v, fx.Node) and is_size(v):
+            bounds.append(em.names[v])
+        elif isinstance(v, int):
+            bounds.append(_i64(em, f"{node.name}.{k}", [v]))
+        else:
+            return None
+    if not isinstance(step, int):
         return None
-    consts = [
-        _i64(em, f"{node.name}.{k}", [v])
-        for k, v in (("start", start), ("end", end), ("axis", a.get("dim", 0)), ("step", step))
-    ]
-    return em.add("Slice", [ins[0], *consts], node.name)
+    axis, stride = (
+        _i64(em, f"{node.name}.axis", [a.get("dim", 0)]),
+        _i64(em, f"{node.name}.step", [step]),
+    )
+    return em.add("Slice", [ins[0], *bounds, axis, stride], node.name)
 
 
 def _roll(em: Any, node: fx.Node, ins: list[str]) -> str | None:

@@ -181,31 +181,43 @@ def _gelu(em: Any, node: fx.Node, ins: list[str]) -> str | None:
 
 
 def _getitem(em: Any, node: fx.Node, ins: list[str]) -> str | None:
-    """Basic tensor indexing, ``x[:, -1, 2:5]``: ints (Gather, the axis goes) and
-    slices (Slice); other index kinds (tensors, None, ...) are not translated."""
+    """Basic tensor indexing, ``x[:, -1, 2:5]``, ``mask[:, None, None, :]``: ints
+    (Gather, the axis goes), slices (Slice) and None (Unsqueeze); other index kinds
+    (tensors, Ellipsis) are not translated. On a size list (``x.shape[0]``): one size."""
     import numpy as np
 
+    from edgeq.export.shape_ops import is_size, size_item
+
+    if isinstance(node.args[0], fx.Node) and is_size(node.args[0]):
+        return size_item(em, node)
     index = node.args[1]
     items = index if isinstance(index, tuple) else (index,)
-    if len(ins) != 1 or not all(isinstance(i, int | slice) for i in items):
+    if len(ins) != 1 or not all(isinstance(i, int | slice) or i is None for i in items):
         return None
     out, axis = ins[0], 0
     for k, item in enumerate(items):
         base = f"{node.name}_{k}"
+        if item is None:
+            at = em.init(f"{base}_axes", np.array([axis], np.int64))
+            out = em.add("Unsqueeze", [out, at], base)
+            axis += 1
+            continue
         if isinstance(item, int):
             at = em.init(f"{base}_at", np.array(item, np.int64))
             out = em.add("Gather", [out, at], base, axis=axis)
             continue
         if item != slice(None):
             parts = (item.start or 0, 2**63 - 1 if item.stop is None else item.stop, item.step or 1)
-            if not all(isinstance(v, int) for v in parts):
-                return None
-            consts = [
-                em.init(f"{base}_{n}", np.array([v], np.int64))
-                for n, v in zip(
-                    ("start", "end", "axis", "step"), (*parts[:2], axis, parts[2]), strict=True
-                )
-            ]
+            consts = []
+            for n, v in zip(
+                ("start", "end", "axis", "step"), (*parts[:2], axis, parts[2]), strict=True
+            ):
+                if isinstance(v, fx.Node) and is_size(v):  # x[:, :seq_len]
+                    consts.append(em.names[v])
+                elif isinstance(v, int):
+                    consts.append(em.init(f"{base}_{n}", np.array([v], np.int64)))
+                else:
+                    return None
             out = em.add("Slice", [out, *consts], base)
         axis += 1
     return em.add("Identity", [out], node.name)

@@ -9,6 +9,8 @@ from the fx graph makes that explicit and deterministic (same model, same bytes)
 from __future__ import annotations
 
 import operator
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +18,18 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from edgeq.atomic import write_atomic
-from edgeq.export import aten_ops
-from edgeq.export.aten_ops import arithmetic, is_size
+from edgeq.export import aten_ops, shape_ops, tensor_ops
+from edgeq.export.aten_ops import arithmetic, batch_dims, is_size
+from edgeq.export.dtypes import onnx_dtype
+from edgeq.export.dynamic_axes import (
+    BATCH,
+    DynamicAxesError,
+    input_axes,
+    mark_dynamic_dims,
+    value_shape,
+)
 from edgeq.export.external_data import needs_external_data, save_with_external_data
 from edgeq.export.float_ops import translator_for
 from edgeq.graph.insert import _is_identity_in_eval, _relu_kind, node_kind
@@ -32,7 +41,10 @@ from edgeq.quant import Granularity, QuantSpec, pack_bits
 from edgeq.quant.saturation import NO_PAD
 
 OPSET = 17
+INTEGER_DTYPES = (torch.int64, torch.int32, torch.bool)
 aten_ops.register()
+tensor_ops.register()
+shape_ops.register()
 
 
 class ExportError(RuntimeError):
@@ -134,6 +146,8 @@ class _Emitter:
                 value = getattr(value, part, None)
             if isinstance(value, torch.Tensor) and value.is_floating_point():
                 return self.init(name, value.detach().float().numpy())
+            if isinstance(value, torch.Tensor) and value.dtype in INTEGER_DTYPES:
+                return self.init(name, value.detach().numpy())  # position ids, masks
         translate = translator_for(node, self.modules)
         if translate is not None:
             args = [*node.args, *node.kwargs.values()]
@@ -141,8 +155,7 @@ class _Emitter:
             out = translate(self, node, ins)
             if out is not None:
                 return out
-        target = getattr(node.target, "__name__", node.target)
-        raise ExportError(f"node {node.name} ({node.op} {target}) has no ONNX translation")
+        raise ExportError(f"node {node.name} ({_describe(node)}) has no ONNX translation")
 
     def _input_channel_pad(self, quantizer: fx.Node) -> tuple[int, int]:
         """Zero channels (before, after) the convs after this quantizer add to their
@@ -195,6 +208,8 @@ class _Emitter:
                 pads=p + p,
                 ceil_mode=int(bool(ceil)),
             )
+        elif node.op == "call_method" and node.target in ("view", "reshape"):
+            out = shape_ops.reshape(self, node, x)
         else:
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 1)
             if isinstance(m, nn.Flatten):
@@ -251,10 +266,18 @@ class _Emitter:
                 ),
                 f"{node.name}_out2d",
             )
-        back = self.init(
-            f"{node.name}_unflat", np.array([-1, *shape[1:-1], m.weight.shape[0]], np.int64)
-        )
-        return self.add("Reshape", [y, back], f"{node.name}_nd")
+        return self.add("Reshape", [y, self._unflat_shape(node, x, shape)], f"{node.name}_nd")
+
+    def _unflat_shape(self, node: fx.Node, x: str, shape: list[int]) -> str:
+        """The N-d output shape of a linear layer on an N-d input: constant but for the
+        batch, or read from the input where an inner dimension is dynamic too (the
+        sequence of a text encoder)."""
+        out = int(self.modules[node.target].weight.shape[0])
+        if not any(0 < d < len(shape) - 1 for d in batch_dims(node.args[0])):
+            return self.init(f"{node.name}_unflat", np.array([-1, *shape[1:-1], out], np.int64))
+        lead = self.add("Shape", [x], f"{node.name}_in_shape", start=0, end=len(shape) - 1)
+        last = self.init(f"{node.name}_out_features", np.array([out], np.int64))
+        return self.add("Concat", [lead, last], f"{node.name}_unflat", axis=0)
 
     def _qparams(
         self, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec, base: str
@@ -504,9 +527,21 @@ class _Emitter:
         return self.add("Clip", [x, lo, hi], name)
 
 
-def _meta_shape(node: fx.Node) -> list[int] | None:
-    meta = node.meta.get("tensor_meta")
-    return list(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+_LIBRARY_DIRS = (str(Path(torch.__file__).parent), str(Path(__file__).resolve().parents[1]))
+
+
+def _describe(node: fx.Node) -> str:
+    """The node's op and target, and the model's source line where the capture kept
+    one (torch.export does; `edgeq.graph.capture` records them under torch.fx): the
+    innermost frame outside torch and edgeq, and its line of code."""
+    target = getattr(node.target, "__name__", None) or str(node.target)
+    trace = [line.strip() for line in (node.meta.get("stack_trace") or "").splitlines()]
+    for i in reversed(range(len(trace))):
+        match = re.match(r'File "([^"]+)", line (\d+)', trace[i])
+        if match and not str(Path(match[1]).resolve()).startswith(_LIBRARY_DIRS):
+            code = trace[i + 1] if i + 1 < len(trace) else ""
+            return f"{node.op} {target} at {match[1]}:{match[2]}: {code}"
+    return f"{node.op} {target}"
 
 
 def _input_shape(node: fx.Node) -> list[int] | None:
@@ -543,53 +578,56 @@ def build_onnx(
     example_input: torch.Tensor | tuple[torch.Tensor, ...],
     *,
     quantized: bool,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> onnx.ModelProto:
     examples = example_input if isinstance(example_input, tuple) else (example_input,)
-    # input shapes of every node (fixed-size pooling needs them), and which of their
-    # dimensions follow the batch size (those stay dynamic in the ONNX model)
-    doubled: dict[fx.Node, list[int] | None] = {}
-    try:  # inputs whose first dimension is not the batch (LSTM states) cannot double
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*(torch.cat([x, x]) for x in examples))
-        doubled = {n: _meta_shape(n) for n in gm.graph.nodes}
-    except Exception:  # then dimension 0 is taken for the batch (`aten_ops.batch_dims`)
-        doubled = {}
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*examples)
-    except Exception as e:
-        raise ExportError(f"cannot run the model on the example input: {e}") from e
-    for n in gm.graph.nodes:
-        shape, other = _meta_shape(n), doubled.get(n)
-        if shape is not None and other is not None and len(shape) == len(other):
-            n.meta["batch_dims"] = {
-                d for d, (a, b) in enumerate(zip(shape, other, strict=True)) if a != b
-            }
     em = _Emitter(gm, quantized)
     if len(em.input_names) != len(examples):
         raise ExportError(
             f"the model takes {len(em.input_names)} inputs; example_input gives {len(examples)}"
         )
+    names = list(em.input_names.values())
+    # input shapes of every node (fixed-size pooling needs them), and which of their
+    # dimensions follow an input's dynamic size (those stay dynamic in the ONNX model)
+    try:
+        axes = input_axes(list(em.input_names), names, examples, dynamic_axes)
+        mark_dynamic_dims(gm, examples, names, axes)
+    except DynamicAxesError as e:
+        raise ExportError(str(e)) from e
+    except Exception as e:
+        raise ExportError(f"cannot run the model on the example input: {e}") from e
     out_name = None
     for node in gm.graph.nodes:
-        em.names[node] = em.node(node)
+        try:
+            em.names[node] = em.node(node)
+        except ExportError:
+            raise
+        except Exception as e:  # a translator meeting arguments it does not expect
+            raise ExportError(
+                f"node {node.name} ({_describe(node)}): {type(e).__name__}: {e}"
+            ) from e
         if node.op == "output":
             out_name = em.names[node]
     assert out_name is not None
     em.add("Identity", [out_name], "output")
-    inputs = []
-    for name, x in zip(em.input_names.values(), examples, strict=True):
-        shape: list[int | str] = list(x.shape)
-        shape[0] = "batch"
-        inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+    inputs = [
+        helper.make_tensor_value_info(
+            name, onnx_dtype(x.dtype), value_shape(list(x.shape), axes[name])
+        )
+        for name, x in zip(names, examples, strict=True)
+    ]
     with torch.no_grad():
-        out_shape: list[int | str] = list(gm(*examples).shape)
-    out_shape[0] = "batch"
+        out = gm(*examples)
+    result = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    out_dims = getattr(result, "meta", {}).get("dynamic_dims", {0: BATCH})
+    out_type = helper.make_tensor_value_info(
+        "output", onnx_dtype(out.dtype), value_shape(list(out.shape), out_dims)
+    )
     graph = helper.make_graph(
         em.nodes,
         "edgeq",
         inputs,
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)],
+        [out_type],
         initializer=em.inits,
     )
     opsets = [helper.make_opsetid("", em.min_opset)]
@@ -609,6 +647,7 @@ def export_onnx(
     quantized: bool = True,
     metadata: dict[str, str] | None = None,
     external_data: bool | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> Path:
     """Write a quantized model (or a captured GraphModule) as ONNX, atomically.
 
@@ -618,9 +657,14 @@ def export_onnx(
     (``NAME.onnx.<digest>.data``, which ONNX Runtime reads on its own); None (the
     default) does so only when the model would pass protobuf's 2 GB limit (FP32
     ViT-H/14, RegNetY-128GF). `onnx_bytes` counts both files.
+    ``dynamic_axes``: the input dimensions that stay dynamic, by input name, in
+    torch.onnx's format (``{"input_ids": {0: "batch", 1: "sequence"}}``); None: those
+    the capture recorded (``capture="export"``), else dimension 0 of every input
+    (``"batch"``). Inputs keep their dtype (int64 token ids stay int64).
 
     Raises:
-        ExportError: a node has no ONNX translation.
+        ExportError: a node has no ONNX translation (names it and its source line), or
+            the model does not run with a dynamic axis grown.
     """
     float16 = False
     if isinstance(model, QuantizedModel) and model.config.mode is Mode.FLOAT16:
@@ -634,7 +678,7 @@ def export_onnx(
             raise ExportError("this model was loaded from an artifact: it has no float graph")
     else:
         gm = model
-    onnx_model = build_onnx(gm, example_input, quantized=quantized)
+    onnx_model = build_onnx(gm, example_input, quantized=quantized, dynamic_axes=dynamic_axes)
     if float16:
         _store_float16(onnx_model)
     for k, v in (metadata or {}).items():

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
+from edgeq.graph.lift import AXES_META
+
 
 class CaptureError(RuntimeError):
     """The model cannot be traced (data-dependent control flow, unsupported ops)."""
@@ -41,13 +43,34 @@ def capture(model: nn.Module) -> fx.GraphModule:
             model's source line.
     """
     model = model.eval()
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True  # export errors name the model's source line
+    tracer.proxy_buffer_attributes = True  # position_ids[:, :seq_len] slices a buffer
     try:
-        gm = fx.symbolic_trace(model)
+        graph = tracer.trace(model)
     except Exception as e:  # fx raises TraceError, TypeError, RuntimeError...
         raise CaptureError(
             f"cannot trace {type(model).__name__}: {type(e).__name__}: {e} "
             f"(at {_user_frame(e)}). Data-dependent Python control flow cannot be "
             "captured; wrap that part in a leaf module or make it shape-independent."
         ) from e
+    name = model.__class__.__name__ if isinstance(model, nn.Module) else model.__name__
+    gm = fx.GraphModule(tracer.root, graph, name)
+    if isinstance(model, fx.GraphModule):
+        _keep_meta(model, gm)
     gm.graph.lint()
     return gm
+
+
+def _keep_meta(source: fx.GraphModule, traced: fx.GraphModule) -> None:
+    """Re-tracing a GraphModule (a torch.export capture lifted into modules) keeps what
+    its nodes knew: the inputs' dynamic axes and the model's source lines."""
+    before = {n.name: n for n in source.graph.nodes}
+    for node in traced.graph.nodes:
+        old = before.get(node.name)
+        if old is None:
+            continue
+        if AXES_META in old.meta:
+            node.meta[AXES_META] = dict(old.meta[AXES_META])
+        if old.meta.get("stack_trace"):
+            node.meta["stack_trace"] = old.meta["stack_trace"]

@@ -13,8 +13,9 @@ reports them as kept in float.
 
 from __future__ import annotations
 
+import inspect
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 aten = torch.ops.aten
+# placeholder meta: the input's dynamic dimensions, {dim: axis name}, read by the exporter
+AXES_META = "edgeq_dynamic_axes"
 
 
 class LiftError(ValueError):
@@ -229,6 +232,21 @@ def _layer_norm(lifter: _Lifter, node: fx.Node) -> Any:
     return lifter.call_module(lifter.place(w, ln, "layer_norm"), x)
 
 
+def _embedding(lifter: _Lifter, node: fx.Node) -> Any:
+    """aten.embedding(weight, indices) as nn.Embedding under the table's name
+    (``embeddings.word_embeddings``); padding_idx only matters for gradients."""
+    weight = lifter.tensor(node.args[0], "weight", node)
+    assert weight is not None
+    embedding = nn.Embedding(weight.shape[0], weight.shape[1], _weight=weight.clone())
+    embedding.weight.requires_grad_(False)
+    return lifter.call_module(lifter.place(node.args[0], embedding, "embedding"), node.args[1])
+
+
+def _drop(lifter: _Lifter, node: fx.Node) -> Any:
+    """A run-time assertion torch.export inserts (dtype and device checks): no value."""
+    return None
+
+
 def _function(fn: Callable[..., Any], n_args: int | None = None) -> Handler:
     """The node's positional arguments handed to ``fn`` (the first ``n_args``)."""
 
@@ -332,6 +350,8 @@ _HANDLERS: dict[Any, Handler] = {
     aten.batch_norm.default: _batch_norm,
     aten._native_batch_norm_legit_no_training.default: _batch_norm,
     aten.layer_norm.default: _layer_norm,
+    aten.embedding.default: _embedding,
+    aten._assert_tensor_metadata.default: _drop,
     aten.relu.default: _function(F.relu, 1),
     aten.relu_.default: _function(F.relu, 1),
     aten.hardtanh.default: _hardtanh,
@@ -398,6 +418,8 @@ def lift_aten(gm: fx.GraphModule) -> fx.GraphModule:
                 result = lifter.lift(node)
             finally:
                 lifter.env = env
+            if isinstance(result, fx.Node) and "stack_trace" not in result.meta:
+                result.meta["stack_trace"] = node.meta.get("stack_trace")  # the model's line
             env[node] = result
     lifted = fx.GraphModule(lifter.root, lifter.graph, class_name="LiftedModel")
     lifted.graph.eliminate_dead_code()
@@ -493,22 +515,39 @@ def fold_constants(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> fx.
     return gm
 
 
-def export_and_lift(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule:
-    """Capture ``model`` with torch.export (batch dimension dynamic), lift the ATen graph
-    back into modules and fold its constants: the capture for models torch.fx traces
-    into shape arithmetic the exporter cannot translate (Swin, ViT, MaxViT).
+def export_and_lift(
+    model: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    *,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+) -> fx.GraphModule:
+    """Capture ``model`` with torch.export, lift the ATen graph back into modules and
+    fold its constants: the capture for models torch.fx traces into shape arithmetic
+    the exporter cannot translate (Swin, ViT, MaxViT, Hugging Face transformers).
+
+    ``dynamic_axes``: the dimensions that stay dynamic, by argument name, in
+    torch.onnx's format (``{"input_ids": {0: "batch", 1: "sequence"}}``; one name
+    is one size, shared by the inputs that carry it); None: dimension 0 of every
+    input (``"batch"``). They are recorded in the placeholders' ``meta[AXES_META]``,
+    where `edgeq.export_onnx` finds them. An example size of 1 on a dynamic axis is
+    repeated to 2 (torch.export specializes sizes 0 and 1).
 
     Raises:
-        LiftError: torch.export fails (names the reason), or a layer's weight is
-            computed.
+        LiftError: torch.export fails (names the reason), a dynamic axis names no
+            argument, or a layer's weight is computed.
     """
-    # batch 2 at least: an example of batch 1 would specialize the dimension to 1
-    example = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in example)
+    names = _argument_names(model, len(example))
+    axes = _axes(names, example, dynamic_axes)
+    example = tuple(_at_least_two(x, axes[n]) for n, x in zip(names, example, strict=True))
+    # the batch is a named range as before; other axes (a sequence, bounded by the
+    # position table) take the range torch.export infers
     batch = torch.export.Dim("batch", min=1, max=4096)
+    shapes = tuple(
+        {d: batch if a == "batch" else torch.export.Dim.DYNAMIC for d, a in axes[n].items()}
+        for n in names
+    )
     try:
-        program = torch.export.export(
-            model.eval(), example, dynamic_shapes=tuple({0: batch} for _ in example)
-        )
+        program = torch.export.export(model.eval(), example, dynamic_shapes=shapes)
     except Exception as e:  # torch.export raises many types
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise LiftError(
@@ -516,4 +555,40 @@ def export_and_lift(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.G
         ) from e
     # fold first: a layer's weight or bias computed from parameters alone (Swin V2's
     # concatenated qkv bias) becomes a stored tensor the lift can turn into a module
-    return lift_aten(fold_constants(program.module(), example))
+    lifted = lift_aten(fold_constants(program.module(), example))
+    for node in lifted.graph.nodes:
+        if node.op == "placeholder" and node.name in axes:
+            node.meta[AXES_META] = dict(axes[node.name])
+    return lifted
+
+
+def _argument_names(model: nn.Module, count: int) -> list[str]:
+    params = [
+        p.name
+        for p in inspect.signature(model.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return params[:count] if len(params) >= count else [f"input_{i}" for i in range(count)]
+
+
+def _axes(
+    names: list[str],
+    example: tuple[torch.Tensor, ...],
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None,
+) -> dict[str, dict[int, str]]:
+    if dynamic_axes is None:
+        return {n: {0: "batch"} for n in names}
+    unknown = sorted(set(dynamic_axes) - set(names))
+    if unknown:
+        raise LiftError(f"dynamic_axes names {unknown}; the model's arguments are {names}")
+    return {
+        n: {int(d) % x.dim(): str(a) for d, a in dynamic_axes.get(n, {}).items()}
+        for n, x in zip(names, example, strict=True)
+    }
+
+
+def _at_least_two(x: torch.Tensor, dims: Mapping[int, str]) -> torch.Tensor:
+    for d in dims:
+        if x.shape[d] == 1:
+            x = torch.cat([x, x], d)
+    return x

@@ -71,6 +71,8 @@ def trust_required(source: dict[str, Any]) -> str | None:
         what = f"import the Python module {module_name!r} and call its {attr!r}"
     elif kind in _FILE_READERS:
         what = f"read {source.get('path')!r}, {_FILE_READERS[str(kind)]}"
+    elif kind == "hf":
+        what = f"read the Hugging Face model folder {source.get('path')!r} with transformers"
     else:
         return None
     return (
@@ -136,6 +138,17 @@ def _apply_weights(model: nn.Module, weights: str | Path, ref: str) -> None:
         raise ModelLoadError(f"{weights}: does not fit {ref}: {' '.join(first)}") from e
 
 
+def _hf_model(path_or_package: str, weights: str | Path | None) -> nn.Module:
+    from edgeq.models.huggingface import HFModelError, load_hf_capture
+
+    if weights is not None:
+        raise ModelLoadError(f"hf:{path_or_package}: the folder holds its weights; drop --weights")
+    try:
+        return load_hf_capture(path_or_package)
+    except HFModelError as e:
+        raise ModelLoadError(str(e)) from e
+
+
 def build_from_source(source: dict[str, Any], *, trust_model_file: bool = False) -> nn.Module:
     """Rebuild an architecture (random weights) from a recorded ``edgeq_source``.
 
@@ -164,6 +177,8 @@ def build_from_source(source: dict[str, Any], *, trust_model_file: bool = False)
 def _describe_source(source: dict[str, Any]) -> str:
     if source.get("kind") == "factory":
         return f"factory {source.get('ref')!r}"
+    if source.get("kind") == "hf":
+        return f"Hugging Face folder {source.get('path')!r}"
     return f"model file {source.get('path')!r}"
 
 
@@ -175,6 +190,8 @@ def _build(source: dict[str, Any]) -> nn.Module:
         model = _call_factory(source.get("ref"))
     elif kind in ("torchscript", "exported_program"):
         return _from_file_source(source)
+    elif kind == "hf":
+        return _hf_model(str(source.get("path")), None)
     else:
         raise ModelLoadError(f"unknown model source {source!r}")
     model.eval()
@@ -340,6 +357,8 @@ def load_model(
     if capture not in ("fx", "export"):
         raise ModelLoadError(f"capture={capture!r}: expected 'fx' or 'export'")
     prefix, _, rest = ref.partition(":")
+    if prefix == "hf":
+        return _hf_model(rest, weights)
     if prefix == "torchvision":
         source: dict[str, Any] = {"kind": "torchvision", "name": rest}
     else:

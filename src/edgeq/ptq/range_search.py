@@ -19,6 +19,7 @@ import torch
 from torch import fx
 
 from edgeq.graph.qmodules import fake_quantized
+from edgeq.quant.error import ratio_db, signal_and_noise
 
 # candidates tried by default (`PTQConfig.percentile_search`)
 DEFAULT_PERCENTILES = (99.9, 99.95, 99.98, 99.99, 99.995, 99.999)
@@ -46,12 +47,9 @@ def output_sqnr_db(reference: Sequence[object], output: Sequence[object]) -> flo
     signal = noise = 0.0
     for ref, out in zip(reference, output, strict=True):
         for r, o in zip(_tensors(ref), _tensors(out), strict=True):
-            r64, o64 = r.double(), o.double()
-            signal += float((r64**2).sum())
-            noise += float(((o64 - r64) ** 2).sum())
-    if noise == 0.0:
-        return float("inf")
-    return 10.0 * torch.log10(torch.tensor(signal / noise)).item()
+            s, n = signal_and_noise(r, o)
+            signal, noise = signal + s, noise + n
+    return ratio_db(signal, noise)
 
 
 Batch = torch.Tensor | tuple[torch.Tensor, ...]  # one input, or a model's several inputs

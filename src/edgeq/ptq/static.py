@@ -266,7 +266,9 @@ def _refine(
         t = time.perf_counter()
         batches = first_images(seen, BIAS_CORRECTION_IMAGES)
         calibration["bias_corrected_layers"] = correct_biases(gm, batches)
-        calibration["bias_correction_images"] = sum(len(x) for x in batches)
+        calibration["bias_correction_images"] = sum(
+            len(x[0] if isinstance(x, tuple) else x) for x in batches
+        )
         phases["bias_correction"] = time.perf_counter() - t
     return calibration
 

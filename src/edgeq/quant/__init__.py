@@ -9,6 +9,7 @@ from edgeq.quant.affine import (
     quantize_tensor,
 )
 from edgeq.quant.checks import QuantInputError, check_float_tensor
+from edgeq.quant.error import sqnr_db
 from edgeq.quant.nonuniform import (
     codebook_dequantize,
     codebook_fake_quantize,
@@ -58,5 +59,6 @@ __all__ = [
     "power_of_two_levels",
     "quantize",
     "quantize_tensor",
+    "sqnr_db",
     "unpack_bits",
 ]

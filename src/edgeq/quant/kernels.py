@@ -110,7 +110,7 @@ def dynamic_quantize_uint8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     lo = torch.clamp(x.min(), max=0.0)
     hi = torch.clamp(x.max(), min=0.0)
     scale = (hi - lo) / _f32(255.0)
-    if float(scale) == 0.0:
+    if float(scale.detach()) == 0.0:
         zero = torch.zeros((), dtype=_F32)
         return torch.zeros_like(x), scale, zero
     zp = torch.clamp(torch.round(_f32(0.0) - lo / scale), 0, 255)
