@@ -173,6 +173,7 @@ def _in_run_folder(args: argparse.Namespace, command: str, work: Any) -> tuple[A
 def _run_quantize_job(
     args: argparse.Namespace, out: _Out, model: str, weights: Path | None, recipe: dict[str, Any]
 ) -> int:
+    from edgeq.jobs.inputs import prepare_inputs
     from edgeq.jobs.quantize import QuantizeJob, run_quantize
 
     job = QuantizeJob(
@@ -185,7 +186,7 @@ def _run_quantize_job(
         log=out.log,
         trust_model_file=getattr(args, "trust_model_file", False),
     )
-    inputs = job.inputs()  # every check before the run folder exists
+    inputs = prepare_inputs(job)  # every check before the run folder exists
     metrics, run_dir = _in_run_folder(args, "quantize", lambda d: run_quantize(job, inputs, d))
     out.result(_summary(metrics, run_dir), metrics)
     check = metrics.get("export_check")
@@ -217,6 +218,7 @@ def cmd_demo(args: argparse.Namespace, out: _Out) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace, out: _Out) -> int:
+    from edgeq.jobs.inputs import prepare_inputs
     from edgeq.jobs.sensitivity import SensitivityJob, run_sensitivity
 
     recipe = _recipe(args, {"calibration.images": args.calib_images})
@@ -233,7 +235,7 @@ def cmd_sensitivity(args: argparse.Namespace, out: _Out) -> int:
         log=out.log,
         trust_model_file=args.trust_model_file,
     )
-    inputs = job.inputs()
+    inputs = prepare_inputs(job)
     res, run_dir = _in_run_folder(args, "sensitivity", lambda d: run_sensitivity(job, inputs, d))
     lines = [f"{'layer':<30} {'SQNR gain dB':>12} {'alone SQNR dB':>13}"]
     for r in res["layers"][:10]:
@@ -348,7 +350,7 @@ def _bench_models(refs: list[str]) -> list[Path]:
 
 
 def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
-    from edgeq.runtime import bench, measure_latency, ort_session
+    from edgeq.runtime import bench
 
     recipe = _recipe(
         args,
@@ -356,9 +358,8 @@ def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
     )
     paths = _bench_models(args.onnx)
     b = recipe["bench"]
-    sessions = {str(p): ort_session(p, threads=b["threads"]) for p in paths}  # checks files
     if len(paths) == 2:
-        return _bench_pair(paths, sessions, b, out, measure_latency)
+        return _bench_pair(paths, b, out)
     p = paths[0]
     results = [
         bench(p, batch=n, threads=b["threads"], rounds=b["rounds"], progress=not out.quiet)
@@ -378,32 +379,12 @@ def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
-def _bench_pair(
-    paths: list[Path], sessions: dict[str, Any], b: dict[str, Any], out: _Out, measure: Any
-) -> int:
-    """Two models timed in one loop (`measure_latency`: bursts in turn), as a ratio."""
-    import numpy as np
-
-    from edgeq.runtime import machine_info
+def _bench_pair(paths: list[Path], b: dict[str, Any], out: _Out) -> int:
+    from edgeq.runtime import bench_pair, machine_info
 
     base, other = (str(p) for p in paths)
-    shapes = {k: s.get_inputs()[0].shape for k, s in sessions.items()}
-    if [d for d in shapes[base][1:]] != [d for d in shapes[other][1:]]:
-        raise UserError(f"{base} and {other} take different inputs: {shapes}")
-    rows = []
-    for n in b["batch"]:
-        out.log(f"timing both models at batch {n}")
-        shape = [n] + [d if isinstance(d, int) else 1 for d in shapes[base][1:]]
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        t = measure(sessions, x, rounds=b["rounds"])
-        rows.append(
-            {
-                "batch": n,
-                "base_ms": 1000 * t[base],
-                "other_ms": 1000 * t[other],
-                "ratio": t[other] / t[base],
-            }
-        )
+    out.log(f"timing both models in turns at batch {', '.join(map(str, b['batch']))}")
+    rows = bench_pair(base, other, batches=b["batch"], threads=b["threads"], rounds=b["rounds"])
     cpu = machine_info().get("cpu", "unknown CPU")
     lines = [
         f"{other} vs {base} (ONNX Runtime, {cpu}, {b['threads']} threads, "

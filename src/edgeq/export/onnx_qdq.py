@@ -596,6 +596,12 @@ def build_onnx(
         raise ExportError(str(e)) from e
     except Exception as e:
         raise ExportError(f"cannot run the model on the example input: {e}") from e
+    returned = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if not isinstance(returned, fx.Node):
+        raise ExportError(
+            f"the model returns {type(returned).__name__} of several outputs; the ONNX "
+            "export writes one output tensor (several outputs are not supported yet)"
+        )
     out_name = None
     for node in gm.graph.nodes:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -104,33 +104,43 @@ def _calibration(
     return x, f"{calib}: {describe_sample(images.labels, idx, seed)}"
 
 
-def prepare_inputs(
-    model_ref: str,
-    recipe: dict[str, Any],
-    *,
-    weights: Path | None = None,
-    calib: Path | None = None,
-    eval: Path | None = None,
-    trust_model_file: bool = False,
-) -> JobInputs:
+class JobSource(Protocol):
+    """What a job names (`QuantizeJob`, `SensitivityJob`), read only."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def recipe(self) -> dict[str, Any]: ...
+    @property
+    def weights(self) -> Path | None: ...
+    @property
+    def calib(self) -> Path | None: ...
+    @property
+    def eval(self) -> Path | None: ...
+    @property
+    def trust_model_file(self) -> bool: ...
+
+
+def prepare_inputs(job: JobSource) -> JobInputs:
     """Load and check everything a quantize or sensitivity job reads.
 
     Raises:
         RecipeError, ModelLoadError, DataError, SpecError, CaptureError, JobInputError:
             naming what is wrong and where, before any file is written.
     """
+    recipe, weights, model_ref = job.recipe, job.weights, job.model
     config = to_config(recipe)
     model = edgeq.load_model(
-        model_ref, weights, capture=recipe["capture"], trust_model_file=trust_model_file
+        model_ref, weights, capture=recipe["capture"], trust_model_file=job.trust_model_file
     )
     preprocess, origin = resolve_preprocess(model, weights, recipe["preprocess"])
     check_config(model, config)
     cal = recipe["calibration"]
-    calib_x, calib_desc = _calibration(calib, preprocess, cal["images"], cal["seed"])
+    calib_x, calib_desc = _calibration(job.calib, preprocess, cal["images"], cal["seed"])
     num_classes = check_model_io(model, model_ref, calib_x[:1])
     eval_images = None
-    if eval is not None:
-        eval_images = load_labeled_images(eval, preprocess)
+    if job.eval is not None:
+        eval_images = load_labeled_images(job.eval, preprocess)
         eval_images.check_labels(num_classes)
     return JobInputs(
         model, config, preprocess, origin, calib_x, calib_desc, eval_images, num_classes

@@ -28,7 +28,7 @@ import edgeq
 from edgeq.evaluate.classification import as_predictor, predict, score
 from edgeq.evaluate.per_layer import per_layer_errors
 from edgeq.export import onnx_bytes
-from edgeq.jobs.inputs import JobInputs, prepare_inputs
+from edgeq.jobs.inputs import JobInputs
 from edgeq.recipe import dump
 from edgeq.report.build import build_report
 from edgeq.runs import write_text_atomic
@@ -45,17 +45,6 @@ class QuantizeJob:
     progress: bool = True
     log: Callable[[str], None] = print
     trust_model_file: bool = False
-
-    def inputs(self) -> JobInputs:
-        """Everything the job reads, checked (before any file is written)."""
-        return prepare_inputs(
-            self.model,
-            self.recipe,
-            weights=self.weights,
-            calib=self.calib,
-            eval=self.eval,
-            trust_model_file=self.trust_model_file,
-        )
 
 
 def _batches(x: torch.Tensor, size: int) -> list[torch.Tensor]:

@@ -27,7 +27,7 @@ import edgeq
 from edgeq.evaluate.classification import score
 from edgeq.graph.insert import feeding_quantizer
 from edgeq.graph.qmodules import ActivationQuantizer, IntegerOp, QuantConv2d, QuantLinear
-from edgeq.jobs.inputs import JobInputs, prepare_inputs
+from edgeq.jobs.inputs import JobInputs
 from edgeq.ptq.static import output_quantizer
 from edgeq.recipe import dump
 from edgeq.report.document import Document
@@ -46,17 +46,6 @@ class SensitivityJob:
     progress: bool = True
     log: Callable[[str], None] = print
     trust_model_file: bool = False
-
-    def inputs(self) -> JobInputs:
-        """Everything the job reads, checked (before any file is written)."""
-        return prepare_inputs(
-            self.model,
-            self.recipe,
-            weights=self.weights,
-            calib=self.calib,
-            eval=self.eval,
-            trust_model_file=self.trust_model_file,
-        )
 
 
 @dataclass

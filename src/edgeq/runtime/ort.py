@@ -136,3 +136,40 @@ def bench(
         "throughput_per_s": float(batch * 1000 / np.median(ms)),
         "peak_rss_bytes": _peak_rss_bytes() if reset else None,
     }
+
+
+def bench_pair(
+    base: str | Path,
+    other: str | Path,
+    *,
+    batches: list[int],
+    threads: int = 2,
+    rounds: int = 20,
+) -> list[dict[str, float]]:
+    """Median latency of two models with the same input, timed in one loop
+    (`measure_latency`: bursts in turn), and ``other``'s ratio to ``base``, per batch.
+
+    Raises:
+        OnnxModelError: a file is not a loadable model, or the two take different inputs.
+    """
+    sessions = {
+        "base": ort_session(base, threads=threads),
+        "other": ort_session(other, threads=threads),
+    }
+    shapes = {k: list(s.get_inputs()[0].shape) for k, s in sessions.items()}
+    if shapes["base"][1:] != shapes["other"][1:]:
+        raise OnnxModelError(f"{base} and {other} take different inputs: {shapes}")
+    rows = []
+    for n in batches:
+        shape = [n] + [d if isinstance(d, int) else 1 for d in shapes["base"][1:]]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        t = measure_latency(sessions, x, rounds=rounds)
+        rows.append(
+            {
+                "batch": n,
+                "base_ms": 1000 * t["base"],
+                "other_ms": 1000 * t["other"],
+                "ratio": t["other"] / t["base"],
+            }
+        )
+    return rows
