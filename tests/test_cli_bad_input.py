@@ -329,3 +329,22 @@ def test_sigterm_stops_the_run_and_marks_it_failed(tmp_path, images):
     assert "terminated (SIGTERM)" in err
     assert run_status(out) == "failed"
     assert not (out / "metrics.json").exists()
+
+
+def test_a_run_whose_export_check_fails_exits_3(tmp_path, images, monkeypatch, capsys):
+    """ONNX Runtime disagreeing with the simulation is a failed run, not a success."""
+    import edgeq.jobs.quantize as job
+
+    real = job.as_predictor
+
+    def disagreeing(model: object, **kw: object) -> object:
+        run = real(model, **kw)
+        if str(model).endswith("quantized.onnx"):
+            return lambda x: -run(x)  # every top-1 moves
+        return run
+
+    monkeypatch.setattr(job, "as_predictor", disagreeing)
+    out = tmp_path / "run"
+    assert _quantize(images, out) == 3
+    assert "export check FAILED" in _one_line(capsys)
+    assert json.loads((out / "metrics.json").read_text())["export_check"]["pass"] is False
