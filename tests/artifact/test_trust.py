@@ -163,6 +163,17 @@ def test_a_trusted_model_file_source_is_checked(artifact, tmp_path):
         edgeq.load(folder, trust_model_file=True)
 
 
+@pytest.mark.parametrize("path", ["../../etc/passwd", "model.pt", "/models/../../etc/passwd"])
+def test_even_trusted_a_recorded_path_never_walks_out(artifact, tmp_path, monkeypatch, path):
+    """save records an absolute path; a relative one (resolved against wherever the loader
+    runs) or one with '..' is refused before it is opened."""
+    source = {"kind": "torchscript", "path": path, "sha256": "0" * 64, "input_shape": [2, 4]}
+    folder = with_source(artifact, tmp_path, source)
+    with touched(monkeypatch) as paths, pytest.raises(ArtifactError, match="without '..'"):
+        edgeq.load(folder, trust_model_file=True)
+    assert not [p for p in paths if p.endswith(("model.pt", "passwd"))], paths
+
+
 def _exported(tmp_path: Path) -> Path:
     path = tmp_path / "m.pt2"
     torch.export.save(torch.export.export(tiny(), (torch.randn(2, 4),)), str(path))

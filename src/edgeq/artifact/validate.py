@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
 from edgeq.artifact.errors import ArtifactError
@@ -170,6 +170,8 @@ def check_source(value: object, at: At, *, trust: bool) -> dict[str, Any]:
     refusal = trust_required(source)
     if refusal is not None and not trust:
         at.fail(f"{kind} source; {refusal}")  # before any recorded path is touched
+    if kind not in ("torchvision", "factory"):
+        _check_recorded_path(source["path"], at.child("path"))
     if kind == "torchvision":
         _check_torchvision_name(*get(source, "name", at))
     elif kind not in ("factory", "hf"):  # an hf folder is read by transformers
@@ -182,6 +184,15 @@ def check_source(value: object, at: At, *, trust: bool) -> dict[str, Any]:
     if kind != "hf" and (capture == "export" or kind not in ("torchvision", "factory")):
         _check_input_shape(*get(source, "input_shape", at))  # hf: captured on text
     return dict(source)
+
+
+def _check_recorded_path(path: str, at: At) -> None:
+    """edgeq.save records the resolved, absolute path of a model file or folder: a
+    relative one would be read from wherever the loader happens to run, and '..' walks
+    out of the folder it names."""
+    parts = PurePosixPath(path)
+    if not parts.is_absolute() or ".." in parts.parts:
+        at.bad(path, "the absolute path edgeq.save recorded, without '..'")
 
 
 def _check_torchvision_name(name: object, at: At) -> None:

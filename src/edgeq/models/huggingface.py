@@ -200,6 +200,7 @@ def load_hf_capture(path_or_package: str) -> nn.Module:
     )
     example = (tokens["input_ids"], tokens["attention_mask"])
     lifted = export_and_lift(model, example, dynamic_axes=TEXT_AXES)
-    source = {"kind": "hf", "path": str(resolve_folder(path_or_package)), "capture": "export"}
+    folder = str(resolve_folder(path_or_package).resolve())  # artifacts record absolute paths
+    source = {"kind": "hf", "path": folder, "capture": "export"}
     lifted.edgeq_source = source  # type: ignore[assignment]
     return lifted
