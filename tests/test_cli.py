@@ -14,7 +14,7 @@ from torch import nn
 
 import edgeq
 from edgeq.cli import main
-from edgeq.recipe import resolve
+from edgeq.recipe import load_recipe, resolve
 
 FACTORY = f"{__name__}:tiny_classifier"
 
@@ -102,6 +102,9 @@ def test_quantize_writes_a_complete_run_folder(tmp_path, images, capsys, monkeyp
     assert cal["bias_corrected_layers"] > 0
     assert set(cal["seconds"]) >= {"calibration", "percentile_search", "bias_correction"}
     assert f"Activation ranges: the {cal['activation_percentile']}th percentile" in report
+    # the recipe the run wrote runs again as is (its preprocessing resolved)
+    written = resolve(load_recipe(run / "recipe.yaml"))
+    assert written["preprocess"]["resize"] == 256
     # the packed artifact restores the same simulation
     qm = edgeq.load(run, trust_model_file=True)  # rebuilt by importing FACTORY
     x = torch.randn(2, 3, 224, 224)

@@ -65,11 +65,12 @@ DEFAULTS: dict[str, Any] = {
     "bench": {"batch": [1, 32], "threads": 2, "rounds": 20},
     "overrides": [],
 }
+RECIPE_PREPROCESS_KEYS = {"resize", "crop", "mean", "std", "interpolation", "channel_order"}
 _SECTIONS = {
     "weight": _WEIGHT_KEYS,
     "activation": _ACT_KEYS,
     "calibration": {"images", "batch_size", "bias_correction", "seed"},
-    "preprocess": {"resize", "crop", "mean", "std", "interpolation", "channel_order"},
+    "preprocess": RECIPE_PREPROCESS_KEYS,
     "evaluation": {"images", "batch_size"},
     "bench": {"batch", "threads", "rounds"},
 }

@@ -29,7 +29,7 @@ from edgeq.evaluate.classification import as_predictor, predict, score
 from edgeq.evaluate.per_layer import per_layer_errors
 from edgeq.export import onnx_bytes
 from edgeq.jobs.inputs import JobInputs
-from edgeq.recipe import dump
+from edgeq.recipe import RECIPE_PREPROCESS_KEYS, dump
 from edgeq.report.build import build_report
 from edgeq.runs import write_text_atomic
 from edgeq.runtime import machine_info, measure_latency, ort_session
@@ -60,10 +60,12 @@ def _weights_description(job: QuantizeJob) -> str:
 
 
 def run_quantize(job: QuantizeJob, inputs: JobInputs, out: Path) -> dict[str, Any]:
-    """Run the whole job into the folder ``out``, from ``inputs`` (`QuantizeJob.inputs`);
+    """Run the whole job into the folder ``out``, from ``inputs`` (`prepare_inputs`);
     returns the metrics written to ``metrics.json``."""
     t_start = time.perf_counter()
-    recipe = {**job.recipe, "preprocess": inputs.preprocess.to_dict()}  # as run
+    # the recipe as run, preprocessing resolved, so that recipe.yaml runs again as is
+    used = {k: v for k, v in inputs.preprocess.to_dict().items() if k in RECIPE_PREPROCESS_KEYS}
+    recipe = {**job.recipe, "preprocess": used}
     model, config = inputs.model, inputs.config
     calib_x, calib_desc = inputs.calib_x, inputs.calib_desc
     write_text_atomic(out / "recipe.yaml", dump(recipe))
