@@ -19,7 +19,6 @@ from torch import nn
 import edgeq
 from edgeq.data import LabeledImages, Preprocess, describe_sample, load_labeled_images
 from edgeq.data import sample_indices as _sample_indices
-from edgeq.graph.capture import capture
 from edgeq.models.preprocessing import declared_preprocess
 from edgeq.ptq import PTQConfig, check_config
 from edgeq.recipe import RecipeError, to_config
@@ -58,19 +57,16 @@ def resolve_preprocess(
     return chosen, f"{origin}, with {', '.join(sorted(given))} from the recipe"
 
 
-def _placeholders(model: nn.Module) -> int:
-    gm = model if isinstance(model, torch.fx.GraphModule) else capture(model)
-    return sum(1 for n in gm.graph.nodes if n.op == "placeholder")
-
-
-def check_model_io(model: nn.Module, ref: str, example: torch.Tensor) -> int:
-    """The number of classes of an image model with one input and one output of shape
-    (batch, classes).
+def check_model_io(
+    model: nn.Module, graph: torch.fx.GraphModule, ref: str, example: torch.Tensor
+) -> int:
+    """The number of classes of an image model (``graph``: its capture) with one input
+    and one output of shape (batch, classes).
 
     Raises:
         JobInputError: several inputs, or outputs that are not one 2-d tensor.
     """
-    inputs = _placeholders(model)
+    inputs = sum(1 for n in graph.graph.nodes if n.op == "placeholder")
     if inputs != 1:
         raise JobInputError(
             f"{ref}: the model takes {inputs} inputs; the command line feeds one image "
@@ -134,10 +130,10 @@ def prepare_inputs(job: JobSource) -> JobInputs:
         model_ref, weights, capture=recipe["capture"], trust_model_file=job.trust_model_file
     )
     preprocess, origin = resolve_preprocess(model, weights, recipe["preprocess"])
-    check_config(model, config)
+    graph = check_config(model, config)
     cal = recipe["calibration"]
     calib_x, calib_desc = _calibration(job.calib, preprocess, cal["images"], cal["seed"])
-    num_classes = check_model_io(model, model_ref, calib_x[:1])
+    num_classes = check_model_io(model, graph, model_ref, calib_x[:1])
     eval_images = None
     if job.eval is not None:
         eval_images = load_labeled_images(job.eval, preprocess)

@@ -94,15 +94,18 @@ def quantizable_layers(gm: fx.GraphModule) -> dict[str, nn.Module]:
     }
 
 
-def check_config(model: nn.Module, config: PTQConfig) -> None:
+def check_config(model: nn.Module, config: PTQConfig) -> fx.GraphModule:
     """Check ``config`` against ``model`` before any calibration: the model captures,
     every override matches a layer, per-group sizes divide the layers' channels.
+    Returns the captured, BN-folded graph (for callers that inspect it).
 
     Raises:
         CaptureError: the model cannot be traced.
         SpecError: an override matches nothing, or a group size does not fit a layer.
     """
-    config.check_layers(quantizable_layers(fold_batchnorm(capture(model))))
+    gm = fold_batchnorm(capture(model))
+    config.check_layers(quantizable_layers(gm))
+    return gm
 
 
 def rewrite(float_gm: fx.GraphModule, config: PTQConfig) -> tuple[fx.GraphModule, PlacementReport]:
