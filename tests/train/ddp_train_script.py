@@ -1,0 +1,76 @@
+"""Run by tests/train/test_distributed.py under torchrun (2 processes, gloo):
+
+    python -m torch.distributed.run --nproc_per_node=2 --standalone ddp_train_script.py OUT
+
+trains a small conv + linear model (no BatchNorm: its batch statistics would differ
+between a per-rank batch and the whole batch) and rank 0 saves the final state dict
+to OUT. The test trains `build()` in one process and compares.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+from edgeq.train.distributed import is_main_process
+from edgeq.train.engine import TrainConfig, TrainData, fit
+
+CONFIG = TrainConfig(
+    epochs=2,
+    batch_size=16,
+    lr=0.05,
+    optimizer="sgd",
+    schedule="cosine",
+    warmup_steps=2,
+    grad_clip=1.0,
+    seed=3,
+    augment=True,
+)
+
+
+class Classifier(nn.Module):
+    """Cross-entropy over a conv + linear student."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.student = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32, 10),
+        )
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        assert y is not None
+        logits = self.student(x)
+        return nn.functional.cross_entropy(logits, y), {}
+
+
+def build() -> tuple[Classifier, TrainData]:
+    """The same model and data in every process (fixed seeds)."""
+    torch.manual_seed(0)
+    model = Classifier()
+    g = torch.Generator().manual_seed(1)
+    data = TrainData(
+        torch.randn(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g)
+    )
+    return model, data
+
+
+def main(out: str) -> None:
+    torch.set_num_threads(1)
+    model, data = build()
+    fit(model, data, CONFIG, progress=False, log=lambda _line: None)
+    if is_main_process():
+        torch.save(model.state_dict(), out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
