@@ -113,7 +113,7 @@ def _delete(path: str) -> Edit:
         (_set("layers/fc/bias", None), r"layers\['fc'\]\.bias=None: .*has a bias"),
         (_set("layers/nope", {}), r"layers\['nope'\]\.bits missing"),
         (_set("layers", []), r"edgeq\.json: layers=\[\]: expected an object"),
-        (_set("schema_version", True), r"schema_version True; this edgeq reads 1"),
+        (_set("schema_version", True), r"schema_version True; this edgeq reads 2"),
         (_set("format", "onnx"), r"format='onnx': expected 'edgeq-packed'"),
         (_set("tensors_sha256", 5), r"tensors_sha256=5: expected a string"),
         (_set("source", "torchvision:resnet18"), r"source='torchvision:resnet18': expected an"),
@@ -171,7 +171,7 @@ def _tensor(key: str, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Edit
         (_tensor("fc.weight_scale", lambda t: t.double()), r"weight_scale'\]: torch\.float64"),
         (_tensor("fc.weight_scale", lambda t: t * float("nan")), r"holds nan: scales must be"),
         (_tensor("fc.weight_scale", lambda t: t * 0), r"weight_scale'\]: holds 0\.0: scales"),
-        (_tensor("fc.input_scale", lambda t: -t), r"fc\.input_scale'\]: holds -"),
+        (_tensor("fc.weight_scale", lambda t: -t), r"fc\.weight_scale'\]: holds -"),
         (_tensor("act_quant_0.scale", lambda t: t / 0), r"act_quant_0\.scale'\]: holds inf"),
         (
             _tensor("act_quant_0.zero_point", lambda t: t + 300),

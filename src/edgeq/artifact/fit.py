@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from edgeq.artifact.validate import At, LayerInfo, Meta, show
-from edgeq.graph.qmodules import ActivationQuantizer, IntegerOp, QuantConv2d, QuantLinear
+from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
 from edgeq.ptq.config import Mode, PTQConfig
 from edgeq.quant.layout import param_shape
 from edgeq.quant.spec import SpecError
@@ -65,7 +65,9 @@ def prepare_layers(meta: Meta, layers: dict[str, Layer]) -> None:
     """Give each stored layer the buffers its tensors load into (checked shapes)."""
     for name, info in meta.layers.items():
         m = layers[name]
-        m.weight_scale = torch.empty(info.weight_scale_shape)
+        m.weight_scale = torch.nn.Parameter(
+            torch.empty(info.weight_scale_shape), requires_grad=False
+        )
         m.weight_zero_point = torch.zeros(info.weight_scale_shape, dtype=torch.int32)
         if info.bias is not None and m.bias is None:  # added by bias correction
             m.bias = torch.nn.Parameter(torch.zeros(info.shape[0]))
@@ -137,7 +139,6 @@ def check_qparams(
 def _qparam_keys(
     gm: fx.GraphModule, config: PTQConfig
 ) -> tuple[list[str], dict[str, tuple[int, int]]]:
-    act = (config.activation.qmin, config.activation.qmax)  # every quantizer's spec
     scales: list[str] = []
     ranges: dict[str, tuple[int, int]] = {}
     for name, m in gm.named_modules():
@@ -146,10 +147,7 @@ def _qparam_keys(
             scales.append(f"{p}scale")
             ranges[f"{p}zero_point"] = (m.spec.qmin, m.spec.qmax)
         elif isinstance(m, QuantConv2d | QuantLinear):
-            scales += [f"{p}weight_scale", f"{p}input_scale", f"{p}output_scale"]
+            # the input and output qparams are the shared quantizers' (above)
+            scales.append(f"{p}weight_scale")
             ranges[f"{p}weight_zero_point"] = (m.weight_spec.qmin, m.weight_spec.qmax)
-            ranges[f"{p}input_zero_point"] = ranges[f"{p}output_zero_point"] = act
-        elif isinstance(m, IntegerOp):
-            scales += [f"{p}in_scale", f"{p}out_scale"]
-            ranges[f"{p}in_zero_point"] = ranges[f"{p}out_zero_point"] = act
     return scales, ranges

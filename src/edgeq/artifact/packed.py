@@ -47,16 +47,16 @@ from edgeq.artifact.validate import FORMAT, META, SCHEMA_VERSION, At, Meta, read
 from edgeq.atomic import write_atomic
 from edgeq.graph.capture import capture
 from edgeq.graph.fold_bn import fold_batchnorm
-from edgeq.graph.insert import PlacementReport, feeding_quantizer
+from edgeq.graph.insert import PlacementReport
 from edgeq.graph.qmodules import (
     ActivationQuantizer,
-    IntegerOp,
     QuantConv2d,
     QuantLinear,
 )
+from edgeq.graph.states import require_converted
 from edgeq.models.loaders import ModelLoadError, build_from_source
 from edgeq.ptq.config import Mode
-from edgeq.ptq.static import QuantizedModel, output_quantizer, rewrite
+from edgeq.ptq.static import QuantizedModel, rewrite
 from edgeq.quant import SpecError, pack_bits, unpack_bits
 from edgeq.runs import check_run_complete
 
@@ -87,7 +87,9 @@ def save(qmodel: QuantizedModel, path: str | Path) -> Path:
     Raises:
         ArtifactError: the model has no recorded source (build it with
             `edgeq.load_model`, or set ``model.edgeq_source``).
+        StateError: the model is still in the training state (`edgeq.convert` it).
     """
+    require_converted(qmodel.module, "saving")
     if qmodel.source is None:
         raise ArtifactError(
             "cannot save: the model's architecture source is unknown. Load it with "
@@ -230,23 +232,12 @@ def _restore_levels(
     tensors: dict[str, torch.Tensor],
     layers: dict[str, QuantConv2d | QuantLinear],
 ) -> None:
-    modules = dict(gm.named_modules())
-    for m in modules.values():
+    # the layers and integer ops share their quantizers (bound by `rewrite`), whose
+    # scales and zero points came with the state dict
+    for m in gm.modules():
         if isinstance(m, ActivationQuantizer):
             m.observing = False
-    for node in gm.graph.nodes:
-        if node.op != "call_module":
-            continue
-        m = modules[node.target]
-        if isinstance(m, QuantConv2d | QuantLinear) and node.target in meta.layers:
-            src = feeding_quantizer(node.args[0], modules)
-            if src is not None:
-                m.attach_io(src, output_quantizer(node, modules))
-        elif isinstance(m, IntegerOp):
-            m.freeze_io(
-                [feeding_quantizer(a, modules) for a in node.args], output_quantizer(node, modules)
-            )
-    # levels last (the bias levels' scale needs the input scale attached above); layers
+    # levels last (the bias levels' scale is the input quantizer's, loaded above); layers
     # inside other modules (an LSTM's products) are not graph nodes but are stored too
     for name, info in meta.layers.items():
         m = layers[name]

@@ -27,7 +27,8 @@ from edgeq.ptq.config import PTQConfig
 from edgeq.quant.packing import PACKABLE_BITS
 
 FORMAT = "edgeq-packed"
-SCHEMA_VERSION = 1
+# 2: layers and integer ops hold no copies of their quantizers' scales (shared)
+SCHEMA_VERSION = 2
 META = "edgeq.json"
 # what pack_bits stores and QuantSpec's integer grids allow (2 to 16 bits)
 STORED_BITS = tuple(b for b in PACKABLE_BITS if b >= 2)
@@ -141,6 +142,11 @@ def read_meta(folder: Path, *, trust_model_file: bool) -> Meta:
     if type(version) is not int or version != SCHEMA_VERSION:
         raise ArtifactError(
             f"{path}: schema_version {show(version)}; this edgeq reads {SCHEMA_VERSION}"
+            + (
+                " (an artifact of an older edgeq: quantize again to rewrite it)"
+                if type(version) is int and version < SCHEMA_VERSION
+                else ""
+            )
         )
     as_str(get(meta, "edgeq_version", at)[0], at.child("edgeq_version"))
     digest = as_str(*get(meta, "tensors_sha256", at))

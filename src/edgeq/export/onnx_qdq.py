@@ -30,11 +30,21 @@ from edgeq.export.dynamic_axes import (
     mark_dynamic_dims,
     value_shape,
 )
+from edgeq.export.errors import ExportError
 from edgeq.export.external_data import needs_external_data, save_with_external_data
 from edgeq.export.float_ops import translator_for
+from edgeq.export.signature import (
+    OUTPUTS_META,
+    flatten_outputs,
+    free_names,
+    input_names,
+    output_leaves,
+    spec_json,
+)
 from edgeq.graph.insert import _is_identity_in_eval, _relu_kind, node_kind
 from edgeq.graph.qlstm import QuantLSTM
 from edgeq.graph.qmodules import ActivationQuantizer, QuantConv2d, QuantLinear
+from edgeq.graph.states import require_converted
 from edgeq.ptq.config import Mode
 from edgeq.ptq.static import QuantizedModel
 from edgeq.quant import Granularity, QuantSpec, pack_bits
@@ -45,10 +55,6 @@ INTEGER_DTYPES = (torch.int64, torch.int32, torch.bool)
 aten_ops.register()
 tensor_ops.register()
 shape_ops.register()
-
-
-class ExportError(RuntimeError):
-    """A node has no ONNX translation (names the node)."""
 
 
 class _Emitter:
@@ -62,11 +68,8 @@ class _Emitter:
         self.qparams: dict[fx.Node, tuple[str, str]] = {}  # node -> (scale, zp) init names
         self.min_opset = OPSET  # raised to 21 by int4 / blocked weights
         self.domains: set[str] = set()  # com.microsoft for DynamicQuantizeLSTM
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         # one input keeps the name "input"; several keep the model's argument names
-        self.input_names = {
-            n: ("input" if len(placeholders) == 1 else str(n.target)) for n in placeholders
-        }
+        self.input_names = input_names(gm)
 
     def init(self, name: str, array: np.ndarray) -> str:
         self.inits.append(numpy_helper.from_array(array, name))
@@ -587,6 +590,7 @@ def build_onnx(
             f"the model takes {len(em.input_names)} inputs; example_input gives {len(examples)}"
         )
     names = list(em.input_names.values())
+    spec, leaves = output_leaves(gm)  # None and constants: refused before any run
     # input shapes of every node (fixed-size pooling needs them), and which of their
     # dimensions follow an input's dynamic size (those stay dynamic in the ONNX model)
     try:
@@ -596,13 +600,6 @@ def build_onnx(
         raise ExportError(str(e)) from e
     except Exception as e:
         raise ExportError(f"cannot run the model on the example input: {e}") from e
-    returned = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-    if not isinstance(returned, fx.Node):
-        raise ExportError(
-            f"the model returns {type(returned).__name__} of several outputs; the ONNX "
-            "export writes one output tensor (several outputs are not supported yet)"
-        )
-    out_name = None
     for node in gm.graph.nodes:
         try:
             em.names[node] = em.node(node)
@@ -612,10 +609,6 @@ def build_onnx(
             raise ExportError(
                 f"node {node.name} ({_describe(node)}): {type(e).__name__}: {e}"
             ) from e
-        if node.op == "output":
-            out_name = em.names[node]
-    assert out_name is not None
-    em.add("Identity", [out_name], "output")
     inputs = [
         helper.make_tensor_value_info(
             name, onnx_dtype(x.dtype), value_shape(list(x.shape), axes[name])
@@ -623,23 +616,37 @@ def build_onnx(
         for name, x in zip(names, examples, strict=True)
     ]
     with torch.no_grad():
-        out = gm(*examples)
-    result = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-    out_dims = getattr(result, "meta", {}).get("dynamic_dims", {0: BATCH})
-    out_type = helper.make_tensor_value_info(
-        "output", onnx_dtype(out.dtype), value_shape(list(out.shape), out_dims)
+        values = flatten_outputs(spec, gm(*examples))
+    renamed = free_names(
+        em.nodes, em.inits, {leaf.name for leaf in leaves}, inputs=em.input_names.values()
     )
-    graph = helper.make_graph(
-        em.nodes,
-        "edgeq",
-        inputs,
-        [out_type],
-        initializer=em.inits,
-    )
+    outputs = []
+    for leaf, value in zip(leaves, values, strict=True):
+        src = em.names[leaf.node]
+        if not isinstance(value, torch.Tensor) or not isinstance(src, str):
+            raise ExportError(
+                f"{leaf.label} is {type(value).__name__}, not a tensor (node "
+                f"{leaf.node.name}); the ONNX export writes tensors only: return the "
+                "tensors it holds"
+            )
+        # an Identity per output: an input returned as is, a buffer, or one tensor
+        # returned twice each gets a value of its own name
+        em.add("Identity", [renamed.get(src, src)], leaf.name)
+        dims = leaf.node.meta.get("dynamic_dims", {0: BATCH})
+        outputs.append(
+            helper.make_tensor_value_info(
+                leaf.name, onnx_dtype(value.dtype), value_shape(list(value.shape), dims)
+            )
+        )
+    graph = helper.make_graph(em.nodes, "edgeq", inputs, outputs, initializer=em.inits)
     opsets = [helper.make_opsetid("", em.min_opset)]
     opsets += [helper.make_opsetid(domain, 1) for domain in sorted(em.domains)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="edgeq")
     model.ir_version = 8 if em.min_opset <= 17 else 10
+    if not isinstance(spec, str):  # rebuilt by `signature.unflatten_outputs`
+        model.metadata_props.append(
+            onnx.StringStringEntryProto(key=OUTPUTS_META, value=spec_json(spec))
+        )
     if not needs_external_data(model):  # larger models are checked from their files
         onnx.checker.check_model(model)
     return model
@@ -668,9 +675,17 @@ def export_onnx(
     the capture recorded (``capture="export"``), else dimension 0 of every input
     (``"batch"``). Inputs keep their dtype (int64 token ids stay int64).
 
+    Outputs: one tensor is ``"output"``; a tuple, list or dict of tensors (nested too)
+    becomes one ONNX output per tensor, named ``output_0``, ``output_1``, ... or by the
+    dict's keys, with dimension 0 dynamic wherever it follows the batch
+    (`edgeq.export.signature`; `unflatten_outputs` rebuilds the structure from ONNX
+    Runtime's list).
+
     Raises:
-        ExportError: a node has no ONNX translation (names it and its source line), or
-            the model does not run with a dynamic axis grown.
+        ExportError: a node has no ONNX translation (names it and its source line),
+            the model does not run with a dynamic axis grown, or an output is not a
+            tensor (None, a number: names the output).
+        StateError: the model is in the training state (`edgeq.convert` it first).
     """
     float16 = False
     if isinstance(model, QuantizedModel) and model.config.mode is Mode.FLOAT16:
@@ -684,6 +699,8 @@ def export_onnx(
             raise ExportError("this model was loaded from an artifact: it has no float graph")
     else:
         gm = model
+    if quantized:
+        require_converted(gm, "ONNX export")  # training fake-quantizes: not what deploys
     onnx_model = build_onnx(gm, example_input, quantized=quantized, dynamic_axes=dynamic_axes)
     if float16:
         _store_float16(onnx_model)

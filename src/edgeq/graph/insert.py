@@ -37,9 +37,11 @@ from torch import fx, nn
 from edgeq.graph.qmodules import (
     QUANT_MODULES,
     ActivationQuantizer,
+    IntegerOp,
     QuantAdd,
     QuantConv2d,
     QuantGlobalAvgPool,
+    QuantLinear,
 )
 from edgeq.quant import QuantSpec
 from edgeq.quant.saturation import input_channel_pad
@@ -187,6 +189,38 @@ def feeding_quantizer(
     return None
 
 
+def output_quantizer(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationQuantizer | None:
+    """The quantizer that is the only consumer of ``node``'s output, or None."""
+    users = [modules.get(u.target) for u in node.users if u.op == "call_module"]
+    if len(node.users) == 1 and len(users) == 1 and isinstance(users[0], ActivationQuantizer):
+        return users[0]
+    return None
+
+
+def bind_quantizers(gm: fx.GraphModule) -> None:
+    """Give every quantized layer and integer op references to the quantizers on its
+    inputs and output, as placed in ``gm``'s graph (one shared scale per tensor).
+
+    Raises:
+        RuntimeError: a layer of a statically quantized graph has no input quantizer.
+    """
+    modules = dict(gm.named_modules())
+    static = any(isinstance(m, ActivationQuantizer) for m in modules.values())
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        m = modules[node.target]
+        if isinstance(m, QuantConv2d | QuantLinear):
+            src = feeding_quantizer(node.args[0], modules)
+            if src is None and static:
+                raise RuntimeError(f"{node.target}: no activation quantizer feeds this layer")
+            m.bind(src, output_quantizer(node, modules))
+        elif isinstance(m, IntegerOp):
+            m.bind(
+                [feeding_quantizer(a, modules) for a in node.args], output_quantizer(node, modules)
+            )
+
+
 def _is_quantized(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return feeding_quantizer(node, modules) is not None
 
@@ -327,6 +361,7 @@ def prepare(
                 _pad_input_convs(q, modules, report)
     graph.lint()
     gm.recompile()
+    bind_quantizers(gm)
     return gm, report
 
 

@@ -95,7 +95,7 @@ class QuantLSTM(nn.Module):
     def freeze_weights(self) -> None:
         for m in self.children():
             assert isinstance(m, QuantLinear)
-            m.freeze_weight(None, None)
+            m.freeze_weight()
 
     def _direction(
         self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: int, reverse: bool

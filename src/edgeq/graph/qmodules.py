@@ -1,11 +1,24 @@
-"""Quantized modules: plain nn.Modules that simulate the integer model exactly.
+"""Quantized modules: plain nn.Modules, trainable and integer-exact in turn.
 
-- `ActivationQuantizer` observes during calibration, then fake-quantizes with frozen
-  (scale, zero point) buffers, as ONNX QuantizeLinear -> DequantizeLinear would.
-- `QuantConv2d` / `QuantLinear` hold float weights, their int8 per-channel scales, and
-  the input scale, so the bias is rounded to int32 with scale ``s_in * s_w`` exactly
-  as the runtime stores it. An optional fused ReLU/ReLU6 is applied before the output
+- `ActivationQuantizer` observes during calibration, then quantizes with its (scale,
+  zero point): the scale an ``nn.Parameter`` (learned by LSQ during training), the
+  zero point an int32 buffer.
+- `QuantConv2d` / `QuantLinear` hold float weights and biases, their weight scales
+  (``nn.Parameter``) and *references* to the quantizers on their input and output
+  (`bind`): no copies, so a scale learned or re-chosen in the quantizer is the one
+  every consumer uses. The bias is rounded to int32 with scale ``s_in * s_w`` as the
+  runtime stores it. An optional fused ReLU/ReLU6 is applied before the output
   quantizer (in the exported graph the quantizer's clamp makes it redundant).
+- `QuantAdd`, `QuantGlobalAvgPool`: integer ops between quantizers.
+
+Every module is in one of two explicit states (`QState`), switched for a whole model
+by `edgeq.graph.states.convert` / `to_training`, never by inspecting
+``requires_grad``:
+
+- ``TRAIN``: fake quantization in float arithmetic; gradients reach weights, biases,
+  scales and inputs (straight-through rounding and clipping, LSQ's scale gradient).
+- ``CONVERTED``: what ONNX Runtime's integer kernels compute, bit for bit (export,
+  evaluation, the bit-exact tests). Calibration ends here.
 
 New layer types register with `register_quant_module` (one registry keyed by type).
 """
@@ -15,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +41,9 @@ from edgeq.quant import (
     choose_qparams,
     dequantize,
     estimate_range,
-    fake_quantize,
+    lsq_fake_quantize,
     quantize,
+    round_ste,
 )
 from edgeq.quant.kernels import (
     dynamic_quantize_uint8,
@@ -39,6 +54,22 @@ from edgeq.quant.kernels import (
 from edgeq.quant.saturation import NO_PAD, limit_pairs, pair_safe_scale
 
 QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {}
+# the smallest scale a learned step size may take (a step of 0 divides by zero)
+_MIN_SCALE = torch.finfo(torch.float32).tiny
+
+
+class QState(StrEnum):
+    """What a quantized module computes."""
+
+    TRAIN = "train"  # fake quantization with straight-through / LSQ gradients
+    CONVERTED = "converted"  # the integer-exact simulation of the deployed model
+
+
+def set_ref(module: nn.Module, name: str, target: nn.Module | None) -> None:
+    """Point ``module.name`` at ``target`` without registering it as a submodule (it is
+    registered once, where the graph calls it; a second registration would duplicate
+    its state). Deep copies keep the sharing: copy.deepcopy copies it once."""
+    object.__setattr__(module, name, target)
 
 
 def register_quant_module(float_type: type[nn.Module]) -> Callable[[type], type]:
@@ -50,9 +81,13 @@ def register_quant_module(float_type: type[nn.Module]) -> Callable[[type], type]
 
 
 class ActivationQuantizer(nn.Module):
-    """Observe (calibration) or fake-quantize (after `freeze`) one activation tensor."""
+    """Observe (calibration), then quantize one activation tensor.
 
-    scale: torch.Tensor
+    After `freeze`: in ``QState.CONVERTED`` QuantizeLinear -> DequantizeLinear exactly;
+    in ``QState.TRAIN`` the same values with LSQ gradients (to the input, and to the
+    scale when it requires grad)."""
+
+    scale: nn.Parameter
     zero_point: torch.Tensor
 
     def __init__(self, spec: QuantSpec, *, name: str, nonnegative: bool = False) -> None:
@@ -63,11 +98,13 @@ class ActivationQuantizer(nn.Module):
         # the runtime's clamp at the quantized minimum *is* the ReLU.
         self.nonnegative = nonnegative
         self.observer = RangeObserver(spec, name=name)
-        self.register_buffer("scale", torch.ones(()))
+        self.scale = nn.Parameter(torch.ones(()), requires_grad=False)
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
         self.observing = True
         self.enabled = True
+        self.state = QState.CONVERTED
 
+    @torch.no_grad()
     def freeze(self, percentile: float | None = None) -> None:
         """Fix (scale, zero point) from what the observer saw (``percentile``: another
         clipping percentile of the same histogram, for a range search)."""
@@ -84,13 +121,15 @@ class ActivationQuantizer(nn.Module):
             return self.observer(x)
         if not self.enabled:  # analysis (sensitivity): this tensor stays float
             return x
-        if x.requires_grad:  # training: straight-through gradients
-            return fake_quantize(x, self.scale, self.zero_point, self.spec)
-        # evaluation: QuantizeLinear -> DequantizeLinear, bit-exact, in four passes
+        if self.state is QState.TRAIN:
+            scale = torch.clamp(self.scale, min=_MIN_SCALE)
+            return lsq_fake_quantize(x, scale, self.zero_point, self.spec)
+        # converted: QuantizeLinear -> DequantizeLinear, bit-exact, in four passes
         # (NaN stays NaN; calibration already rejected non-finite activations)
+        s = self.scale.detach()
         z = self.zero_point.to(torch.float32)
-        q = torch.clamp(torch.round(x / self.scale) + z, self.spec.qmin, self.spec.qmax)
-        return (q - z) * self.scale
+        q = torch.clamp(torch.round(x / s) + z, self.spec.qmin, self.spec.qmax)
+        return (q - z) * s
 
     def extra_repr(self) -> str:
         return f"name={self.name}, bits={self.spec.bits}, signed={self.spec.signed}"
@@ -113,18 +152,16 @@ def layer_weight_spec(spec: QuantSpec, shape: tuple[int, ...]) -> QuantSpec:
 
 
 class _WeightQuantMixin(nn.Module):
-    """Weight levels, per-channel scales and int32-rounded bias shared by conv/linear."""
+    """Weight levels, weight scales and int32-rounded bias shared by conv/linear."""
 
     _channel_dim: int  # where the channels are in the layer's input and output
 
     weight: nn.Parameter
     bias: nn.Parameter | None
-    weight_scale: torch.Tensor
+    weight_scale: nn.Parameter
     weight_zero_point: torch.Tensor
-    input_scale: torch.Tensor
-    input_zero_point: torch.Tensor
-    output_scale: torch.Tensor
-    output_zero_point: torch.Tensor
+    input_quant: ActivationQuantizer | None
+    output_quant: ActivationQuantizer | None
 
     def _init_quant(
         self,
@@ -141,52 +178,73 @@ class _WeightQuantMixin(nn.Module):
         self.weight_spec = layer_weight_spec(weight_spec, tuple(self.weight.shape))
         self.activation = activation
         self.limit_pairs = limit_pairs_
-        self.register_buffer("weight_scale", torch.ones(out_channels))
+        # learned by LSQ in training; per-group scales get their shape in freeze_weight
+        self.weight_scale = nn.Parameter(torch.ones(out_channels), requires_grad=False)
         self.register_buffer("weight_zero_point", torch.zeros(out_channels, dtype=torch.int32))
-        self.register_buffer("input_scale", torch.ones(()))
-        self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int32))
-        # the output quantizer's parameters, when the next op is one (integer output)
-        self.register_buffer("output_scale", torch.ones(()))
-        self.register_buffer("output_zero_point", torch.zeros((), dtype=torch.int32))
-        self.input_spec: QuantSpec | None = None
-        self.output_spec: QuantSpec | None = None
+        # the quantizers feeding this layer and the one after it (`bind`): references
+        set_ref(self, "input_quant", None)
+        set_ref(self, "output_quant", None)
         self.quantized = False
         # dynamic quantization: the input is quantized per call, from its own range
         self.dynamic = False
-        # True: compute what the integer kernels compute (evaluation, export checks);
-        # False: float fake-quant with straight-through gradients (fine-tuning).
+        self.state = QState.CONVERTED
+        # converted state only. True: compute what the integer kernels compute; False:
+        # float arithmetic on the same grids (calibration passes that measure: half the
+        # time, within float rounding of the integer result)
         self.integer_exact = True
+
+    # the quantizers' parameters, read where they live (detached: values, not the graph)
+    @property
+    def input_spec(self) -> QuantSpec | None:
+        return self.input_quant.spec if self.input_quant is not None else None
+
+    @property
+    def output_spec(self) -> QuantSpec | None:
+        return self.output_quant.spec if self.output_quant is not None else None
+
+    @property
+    def input_scale(self) -> torch.Tensor:
+        return self._qparam(self.input_quant, "scale")
+
+    @property
+    def input_zero_point(self) -> torch.Tensor:
+        return self._qparam(self.input_quant, "zero_point")
+
+    @property
+    def output_scale(self) -> torch.Tensor:
+        return self._qparam(self.output_quant, "scale")
+
+    @property
+    def output_zero_point(self) -> torch.Tensor:
+        return self._qparam(self.output_quant, "zero_point")
+
+    def _qparam(self, q: ActivationQuantizer | None, what: str) -> torch.Tensor:
+        if q is None:
+            raise RuntimeError(f"{self.layer_name}: no quantizer is bound there")
+        return getattr(q, what).detach()
 
     @property
     def weight_only(self) -> bool:
         """Quantized without an input quantizer: float activations, dequantized weights."""
-        return self.quantized and self.input_spec is None and not self.dynamic
+        return self.quantized and self.input_quant is None and not self.dynamic
 
-    def attach_io(
-        self, input_quant: ActivationQuantizer, output_quant: ActivationQuantizer | None
-    ) -> None:
-        """Copy the (frozen) input and output quantizers' parameters into this layer."""
-        self.input_scale.copy_(input_quant.scale)
-        self.input_zero_point.copy_(input_quant.zero_point)
-        self.input_spec = input_quant.spec
-        if output_quant is not None:
-            self.output_scale.copy_(output_quant.scale)
-            self.output_zero_point.copy_(output_quant.zero_point)
-            self.output_spec = output_quant.spec
-
-    def freeze_weight(
+    def bind(
         self, input_quant: ActivationQuantizer | None, output_quant: ActivationQuantizer | None
     ) -> None:
-        """Attach the activation qparams (none: weight-only) and choose the weight's
-        scales."""
-        if input_quant is not None:
-            self.attach_io(input_quant, output_quant)
+        """Share the quantizers on this layer's input and output (placement decides
+        them; their parameters are read from them at every call)."""
+        set_ref(self, "input_quant", input_quant)
+        set_ref(self, "output_quant", output_quant if input_quant is not None else None)
+
+    @torch.no_grad()
+    def freeze_weight(self) -> None:
+        """Choose the weight's scales (min-max; pair-safe where the target needs it)."""
         lo, hi = estimate_range(self.weight.detach(), self.weight_spec, name=self.layer_name)
         scale, zp = choose_qparams(lo, hi, self.weight_spec)
         if self.limit_pairs:
             scale = self._pair_safe_scale(scale, zp)
         # per-group scales have the weight's shape with one axis shortened
-        self.weight_scale = scale.to(torch.float32).clone()
+        self.weight_scale = nn.Parameter(scale.to(torch.float32).clone(), requires_grad=False)
         self.weight_zero_point = zp.to(torch.int32).clone()
         self.quantized = True
 
@@ -225,7 +283,7 @@ class _WeightQuantMixin(nn.Module):
             )
             if bias_q is not None:
                 assert self.bias is not None
-                s = (self.input_scale * self.weight_scale).double()
+                s = (self.input_scale * self.weight_scale.detach()).double()
                 self.bias.copy_((bias_q.double() * s).float())
         self.__dict__["_levels_cache"] = (self._weight_key(), weight_q.to(torch.int32))
         if bias_q is not None:
@@ -237,17 +295,21 @@ class _WeightQuantMixin(nn.Module):
             self.weight._version,
             self.weight.data_ptr(),
             self.weight_scale._version,
+            self.weight_scale.data_ptr(),
             self.weight_zero_point._version,
             *self.pad_in(),
         )
 
     def _bias_key(self) -> tuple[int, ...]:
         assert self.bias is not None
+        assert self.input_quant is not None
         return (
             self.bias._version,
             self.bias.data_ptr(),
-            self.input_scale._version,
+            self.input_quant.scale._version,
+            self.input_quant.scale.data_ptr(),
             self.weight_scale._version,
+            self.weight_scale.data_ptr(),
         )
 
     def weight_levels(self) -> torch.Tensor:
@@ -259,11 +321,11 @@ class _WeightQuantMixin(nn.Module):
         cached = self.__dict__.get("_levels_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
-        w = self.weight.detach()
-        q = quantize(w, self.weight_scale, self.weight_zero_point, self.weight_spec)
+        w, sw = self.weight.detach(), self.weight_scale.detach()
+        q = quantize(w, sw, self.weight_zero_point, self.weight_spec)
         if self.limit_pairs:
             view = [-1] + [1] * (w.ndim - 1)
-            q = limit_pairs(q, w / self.weight_scale.reshape(view), self.pad_in())
+            q = limit_pairs(q, w / sw.reshape(view), self.pad_in())
         self.__dict__["_levels_cache"] = (key, q)
         return q
 
@@ -276,21 +338,38 @@ class _WeightQuantMixin(nn.Module):
         cached = self.__dict__.get("_bias_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
-        s = (self.input_scale * self.weight_scale).double()
+        s = (self.input_scale * self.weight_scale.detach()).double()
         q = torch.round(self.bias.detach().double() / s).clamp(-(2**31), 2**31 - 1).to(torch.int32)
         self.__dict__["_bias_cache"] = (key, q)
         return q
 
     def sim_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The deployed weight and bias, dequantized (converted state)."""
         if not self.quantized:
             return self.weight, self.bias
-        w = dequantize(
-            self.weight_levels(), self.weight_scale, self.weight_zero_point, self.weight_spec
-        )
+        sw = self.weight_scale.detach()
+        w = dequantize(self.weight_levels(), sw, self.weight_zero_point, self.weight_spec)
         b_levels = self.bias_levels()
         b = self.bias if self.weight_only else None
         if b_levels is not None:
-            b = (b_levels.double() * (self.input_scale * self.weight_scale).double()).float()
+            b = (b_levels.double() * (self.input_scale * sw).double()).float()
+        return w, b
+
+    def train_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fake-quantized weight and bias with gradients (training state): LSQ on the
+        weight (to the weight and its scales); the bias rounded on its int32 grid
+        ``s_in * s_w`` with a straight-through gradient (float where it stays float).
+        The target's pair limit is left to conversion (it moves few weights by one
+        level)."""
+        if not self.quantized:
+            return self.weight, self.bias
+        sw = torch.clamp(self.weight_scale, min=_MIN_SCALE)
+        w = lsq_fake_quantize(self.weight, sw, self.weight_zero_point, self.weight_spec)
+        b = self.bias
+        if b is not None and self.input_quant is not None and not self.dynamic:
+            view = [-1]  # bias scales are per output channel
+            s = (self.input_quant.scale * sw).detach().reshape(view)
+            b = round_ste(b / s) * s
         return w, b
 
     def integer_forward(
@@ -320,7 +399,7 @@ class _WeightQuantMixin(nn.Module):
             acc32 = acc + b.to(torch.float32).reshape(view)
         else:
             acc32 = (acc.double() + b.double().reshape(view)).to(torch.float32)
-        sw = self.weight_scale.reshape(view)
+        sw = self.weight_scale.detach().reshape(view)
         if self.output_spec is None:
             return self._activate(acc32 * (self.input_scale * sw))
         multiplier = (self.input_scale * sw) / self.output_scale
@@ -374,9 +453,10 @@ class _WeightQuantMixin(nn.Module):
 
 @contextlib.contextmanager
 def fake_quantized(model: nn.Module) -> Iterator[None]:
-    """Inside the block, conv and linear layers compute in float on their quantization
-    grids (fake quantization) instead of the exact integer simulation: half the time,
-    within float rounding of it. For calibration passes that measure, not deploy."""
+    """Inside the block, converted conv and linear layers compute in float on their
+    deployed grids instead of the exact integer simulation: half the time, within float
+    rounding of it. For calibration passes that measure, not deploy (no gradients:
+    training uses `QState.TRAIN`)."""
     layers = [m for m in model.modules() if isinstance(m, _WeightQuantMixin)]
     exact = [m.integer_exact for m in layers]
     try:
@@ -433,6 +513,10 @@ class QuantConv2d(_WeightQuantMixin):
         self.input_channel_pad.copy_(torch.tensor(pad))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.state is QState.TRAIN:
+            w, b = self.train_weight_bias()
+            y = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+            return self._activate(y)
         if self.quantized and self.integer_exact and not self.weight_only:
             return self.integer_forward(
                 x,
@@ -462,6 +546,12 @@ class QuantLinear(_WeightQuantMixin):
         self._init_quant(linear, weight_spec, activation, limit_pairs, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.state is QState.TRAIN:
+            if self.quantized and self.dynamic:  # the input quantized from its own range
+                xq, sx, zx = dynamic_quantize_uint8(x.detach())
+                x = x + ((xq - zx) * sx - x).detach()
+            w, b = self.train_weight_bias()
+            return self._activate(F.linear(x, w, b))
         if self.quantized and self.dynamic:
             return self.dynamic_forward(x)
         if self.quantized and self.integer_exact and not self.weight_only:
@@ -479,7 +569,7 @@ class QuantLinear(_WeightQuantMixin):
             acc = F.linear(a, w)
         else:  # exact in float64 (any order) for long reductions
             acc = F.linear(a.double(), w.double()).to(torch.float32)
-        y = acc * (sx * self.weight_scale)
+        y = acc * (sx * self.weight_scale.detach())
         if self.bias is not None:
             y = y + self.bias
         return self._activate(y)
@@ -491,42 +581,54 @@ def _levels(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> t
 
 
 class IntegerOp(nn.Module):
-    """An op between quantizers: after `freeze_io` it holds copies of the (scale, zero
-    point) of the quantizers that feed it and of the one that follows it, as buffers
-    (so they are in the state dict), and computes what the integer kernel computes."""
-
-    in_scale: torch.Tensor
-    in_zero_point: torch.Tensor
-    out_scale: torch.Tensor
-    out_zero_point: torch.Tensor
+    """An op between quantizers. `bind` gives it references to the quantizers that
+    feed it and to the one that follows; once all of them exist it is ``integer``:
+    converted, it computes what the integer kernel computes; training, or when not
+    integer, it computes in float (the quantizers around it fake-quantize)."""
 
     def __init__(self, name: str, num_inputs: int) -> None:
         super().__init__()
         self.op_name = name
-        self.register_buffer("in_scale", torch.ones(num_inputs))
-        self.register_buffer("in_zero_point", torch.zeros(num_inputs, dtype=torch.int32))
-        self.register_buffer("out_scale", torch.ones(()))
-        self.register_buffer("out_zero_point", torch.zeros((), dtype=torch.int32))
-        self.out_spec: QuantSpec | None = None
-        self.integer = False  # True once frozen with every input and the output quantized
+        self.num_inputs = num_inputs
+        set_ref(self, "_inputs", [None] * num_inputs)
+        set_ref(self, "output_quant", None)
+        self.integer = False  # every input and the output quantized
+        self.state = QState.CONVERTED
 
-    def freeze_io(
+    def bind(
         self, inputs: list[ActivationQuantizer | None], output: ActivationQuantizer | None
     ) -> None:
         self.integer = output is not None and all(q is not None for q in inputs)
-        if not self.integer:
-            return
-        for i, q in enumerate(inputs):
-            assert q is not None
-            self.in_scale[i] = q.scale
-            self.in_zero_point[i] = q.zero_point
-        assert output is not None
-        self.out_scale.copy_(output.scale)
-        self.out_zero_point.copy_(output.zero_point)
-        self.out_spec = output.spec
+        set_ref(self, "_inputs", list(inputs) if self.integer else [None] * self.num_inputs)
+        set_ref(self, "output_quant", output if self.integer else None)
+
+    @property
+    def input_quants(self) -> list[ActivationQuantizer | None]:
+        return list(self.__dict__["_inputs"])
+
+    @property
+    def out_spec(self) -> QuantSpec | None:
+        q = self.__dict__["output_quant"]
+        return q.spec if q is not None else None
+
+    @property
+    def out_scale(self) -> torch.Tensor:
+        return self.__dict__["output_quant"].scale.detach()
+
+    @property
+    def out_zero_point(self) -> torch.Tensor:
+        return self.__dict__["output_quant"].zero_point
+
+    def _runs_integer(self) -> bool:
+        """Converted, every quantizer around it in place and calibrated."""
+        if not (self.integer and self.state is QState.CONVERTED and self.out_spec is not None):
+            return False
+        quants = [*self.__dict__["_inputs"], self.__dict__["output_quant"]]
+        return not any(q.observing for q in quants)
 
     def _in(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.in_scale[i], self.in_zero_point[i]
+        q = self.__dict__["_inputs"][i]
+        return q.scale.detach(), q.zero_point
 
     def _dequantize_output(self, levels: torch.Tensor) -> torch.Tensor:
         return (levels - self.out_zero_point.to(torch.float32)) * self.out_scale
@@ -546,7 +648,7 @@ class QuantAdd(IntegerOp):
         self.activation: str | None = None
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if not self.integer or self.out_spec is None:
+        if not self._runs_integer():
             return F.relu(a + b) if self.activation == "relu" else a + b
         levels = qlinear_add(
             _levels(a, *self._in(0)),
@@ -568,7 +670,7 @@ class QuantGlobalAvgPool(IntegerOp):
         super().__init__(name, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.integer or self.out_spec is None:
+        if not self._runs_integer():
             return x.mean(dim=(-2, -1), keepdim=True)
         levels = qlinear_global_average_pool(
             _levels(x, *self._in(0)),

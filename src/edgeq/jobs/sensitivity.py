@@ -25,10 +25,9 @@ import torch
 
 import edgeq
 from edgeq.evaluate.classification import score
-from edgeq.graph.insert import feeding_quantizer
+from edgeq.graph.insert import feeding_quantizer, output_quantizer
 from edgeq.graph.qmodules import ActivationQuantizer, IntegerOp, QuantConv2d, QuantLinear
 from edgeq.jobs.inputs import JobInputs
-from edgeq.ptq.static import output_quantizer
 from edgeq.recipe import dump
 from edgeq.report.document import Document
 from edgeq.runs import write_text_atomic

@@ -13,12 +13,11 @@ from torch import fx, nn
 
 from edgeq.graph.capture import capture
 from edgeq.graph.fold_bn import fold_batchnorm
-from edgeq.graph.insert import PlacementReport, feeding_quantizer, prepare
+from edgeq.graph.insert import PlacementReport, prepare
 from edgeq.graph.qlstm import QuantLSTM
 from edgeq.graph.qmodules import (
     QUANT_MODULES,
     ActivationQuantizer,
-    IntegerOp,
     QuantConv2d,
     QuantLinear,
 )
@@ -277,50 +276,24 @@ def _refine(
 
 
 def freeze(gm: fx.GraphModule) -> None:
-    """Turn observers into fixed (scale, zero point) and quantize weights and biases."""
+    """Turn observers into fixed (scale, zero point) and choose the weights' scales
+    (layers read their quantizers' parameters through `bind_quantizers`' references)."""
     modules = dict(gm.named_modules())
     for m in modules.values():
         if isinstance(m, ActivationQuantizer):
             m.freeze()
-    _attach(gm, modules, weights=True)
+    for node in gm.graph.nodes:
+        m = modules.get(str(node.target)) if node.op == "call_module" else None
+        if isinstance(m, QuantLSTM):
+            m.freeze_weights()
+        elif isinstance(m, QuantConv2d | QuantLinear):
+            m.freeze_weight()
 
 
 def refreeze_activations(gm: fx.GraphModule, *, percentile: float) -> None:
-    """Activation ranges from another percentile of the histograms already collected,
-    copied into the layers and integer ops that hold them; weight scales stay."""
-    modules = dict(gm.named_modules())
-    for m in modules.values():
+    """Activation ranges from another percentile of the histograms already collected;
+    every layer and integer op sees them (they share the quantizers); weight scales
+    stay."""
+    for m in gm.modules():
         if isinstance(m, ActivationQuantizer):
             m.freeze(percentile)
-    _attach(gm, modules, weights=False)
-
-
-def _attach(gm: fx.GraphModule, modules: dict[str, nn.Module], *, weights: bool) -> None:
-    """Give layers and integer ops their quantizers' parameters (and, with ``weights``,
-    choose the weights' scales)."""
-    for node in gm.graph.nodes:
-        if node.op != "call_module":
-            continue
-        m = modules[node.target]
-        if isinstance(m, QuantLSTM):
-            if weights:
-                m.freeze_weights()
-        elif isinstance(m, QuantConv2d | QuantLinear):
-            src = feeding_quantizer(node.args[0], modules)
-            if src is None and any(isinstance(q, ActivationQuantizer) for q in modules.values()):
-                raise RuntimeError(f"{node.target}: no activation quantizer feeds this layer")
-            if weights:
-                m.freeze_weight(src, output_quantizer(node, modules))
-            elif src is not None:
-                m.attach_io(src, output_quantizer(node, modules))
-        elif isinstance(m, IntegerOp):
-            inputs = [feeding_quantizer(a, modules) for a in node.args]
-            m.freeze_io(inputs, output_quantizer(node, modules))
-
-
-def output_quantizer(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationQuantizer | None:
-    """The quantizer that is the only consumer of ``node``'s output, or None."""
-    users = [modules.get(u.target) for u in node.users if u.op == "call_module"]
-    if len(node.users) == 1 and len(users) == 1 and isinstance(users[0], ActivationQuantizer):
-        return users[0]
-    return None

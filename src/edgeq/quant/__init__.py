@@ -7,6 +7,8 @@ from edgeq.quant.affine import (
     lsq_fake_quantize,
     quantize,
     quantize_tensor,
+    round_ste,
+    scale_gradient,
 )
 from edgeq.quant.checks import QuantInputError, check_float_tensor
 from edgeq.quant.error import sqnr_db
@@ -59,6 +61,8 @@ __all__ = [
     "power_of_two_levels",
     "quantize",
     "quantize_tensor",
+    "round_ste",
+    "scale_gradient",
     "sqnr_db",
     "unpack_bits",
 ]

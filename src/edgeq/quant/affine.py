@@ -118,6 +118,44 @@ def fake_quantize(
     return x_in + (y.to(x.dtype) - x_in).detach()
 
 
+class _RoundSTE(torch.autograd.Function):
+    """Round half to even forward; identity backward (the straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward (bit for bit); the gradient multiplied by a constant backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad * ctx.factor, None
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """``torch.round(x)`` (half to even) whose gradient is passed straight through."""
+    return _RoundSTE.apply(x)
+
+
+def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` unchanged, its gradient multiplied by ``factor`` (LSQ's step-size scaling).
+
+    Unlike ``x * g + (x - x * g).detach()`` the forward value is ``x`` exactly, so a
+    fake-quantized tensor equals QuantizeLinear -> DequantizeLinear bit for bit."""
+    return _ScaleGrad.apply(x, factor)
+
+
 def lsq_fake_quantize(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -128,21 +166,19 @@ def lsq_fake_quantize(
 ) -> torch.Tensor:
     """Fake quantization with the learned-step-size (LSQ, Esser et al. 2019) gradients.
 
-    Forward equals `fake_quantize`. Backward: ``d out / d x`` is the clipped
-    straight-through estimator; ``d out / d scale`` is ``round(x/s) - x/s`` inside the
-    range and ``qmin - z`` or ``qmax - z`` where it saturates; the scale gradient is
-    multiplied by ``grad_scale`` (default ``1 / sqrt(numel_per_scale * qmax)``, the
-    paper's choice).
+    Forward equals `fake_quantize` and ONNX's QuantizeLinear -> DequantizeLinear bit
+    for bit (a true division by the scale, round half to even). Backward: ``d out /
+    d x`` is the clipped straight-through estimator; ``d out / d scale`` is
+    ``round(x/s) - x/s`` inside the range and ``qmin - z`` or ``qmax - z`` where it
+    saturates; the scale gradient is multiplied by ``grad_scale`` (default
+    ``1 / sqrt(numel_per_scale * qmax)``, the paper's choice).
     """
-    s = expand_param(scale, spec, x)
-    z = expand_param(zero_point.to(x.dtype), spec, x)
     if grad_scale is None:
         per_scale = x.numel() / max(scale.numel(), 1)
         grad_scale = 1.0 / float(per_scale * max(spec.qmax, 1)) ** 0.5
-    s = s * grad_scale + (s - s * grad_scale).detach()
-    v = x / s
-    v_rounded = v + (torch.round(v) - v).detach()  # round with identity gradient
-    q = torch.clamp(v_rounded + z, spec.qmin, spec.qmax)
+    s = expand_param(scale_gradient(scale, grad_scale), spec, x)
+    z = expand_param(zero_point.to(x.dtype), spec, x)
+    q = torch.clamp(round_ste(x / s) + z, spec.qmin, spec.qmax)
     return (q - z) * s
 
 

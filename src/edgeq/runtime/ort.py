@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -37,6 +39,26 @@ def ort_session(
         raise OnnxModelError(f"{p}: not an ONNX model ONNX Runtime can load ({first})") from e
 
 
+def run_outputs(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> Any:
+    """Every output of ``session`` on ``feeds``, in the structure the exported model
+    returned: one array, or its tuple, list or dict of arrays (rebuilt from the
+    ``edgeq.outputs`` metadata the export writes; without it, a tuple of the
+    outputs). Compare it with the simulation through `edgeq.export.flatten_outputs`.
+
+    Example::
+
+        boxes, scores = run_outputs(ort_session(path), {"input": x})
+    """
+    # imported here: the export pulls in torch, which timing a model does not need
+    from edgeq.export.signature import OUTPUTS_META, spec_from_json, unflatten_outputs
+
+    arrays = session.run(None, dict(feeds))
+    meta = session.get_modelmeta().custom_metadata_map
+    if OUTPUTS_META in meta:
+        return unflatten_outputs(spec_from_json(meta[OUTPUTS_META]), arrays)
+    return arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+
 def measure_latency(
     sessions: dict[str, ort.InferenceSession],
     x: np.ndarray,
@@ -57,6 +79,9 @@ def measure_latency(
     alone in a process, and pulled every int8/FP32 ratio towards 1 (0.54 against
     0.42 at batch 32); with the pause and the untimed runs each session measures what
     it measures alone (2.2 ms; 0.41), while keeping ONNX Runtime's default settings.
+
+    ``x`` feeds each session's first input (single-input models); a run computes and
+    times every output.
     """
     name = {k: s.get_inputs()[0].name for k, s in sessions.items()}
     for k, s in sessions.items():
@@ -107,6 +132,8 @@ def bench(
 
     Peak memory is the process's peak resident set size while the session is created
     and run (Linux only; None elsewhere), so it includes the Python process itself.
+    Random float32 data feeds the model's first input (single-input models); a run
+    computes every output.
     """
     reset = _reset_peak_rss()
     sess = ort_session(path, threads=threads)
@@ -148,6 +175,8 @@ def bench_pair(
 ) -> list[dict[str, float]]:
     """Median latency of two models with the same input, timed in one loop
     (`measure_latency`: bursts in turn), and ``other``'s ratio to ``base``, per batch.
+    Only the first input's shape is compared and fed; outputs are timed, not compared
+    (`run_outputs` and `edgeq.export.flatten_outputs` compare every one).
 
     Raises:
         OnnxModelError: a file is not a loadable model, or the two take different inputs.
