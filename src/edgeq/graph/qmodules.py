@@ -359,12 +359,17 @@ class _WeightQuantMixin(nn.Module):
         """Fake-quantized weight and bias with gradients (training state): LSQ on the
         weight (to the weight and its scales); the bias rounded on its int32 grid
         ``s_in * s_w`` with a straight-through gradient (float where it stays float).
-        The target's pair limit is left to conversion (it moves few weights by one
-        level)."""
+        Where the target limits weight pairs (`edgeq.quant.saturation`), the forward
+        uses the limited levels, the gradient that of the unlimited ones."""
         if not self.quantized:
             return self.weight, self.bias
         sw = torch.clamp(self.weight_scale, min=_MIN_SCALE)
         w = lsq_fake_quantize(self.weight, sw, self.weight_zero_point, self.weight_spec)
+        if self.limit_pairs:  # train on the levels that deploy: pair-limited, where lowered
+            deployed = dequantize(
+                self.weight_levels(), sw.detach(), self.weight_zero_point, self.weight_spec
+            )
+            w = w + (deployed - w).detach()
         b = self.bias
         if b is not None and self.input_quant is not None and not self.dynamic:
             view = [-1]  # bias scales are per output channel
