@@ -1,10 +1,12 @@
 """Run by tests/train/test_distributed.py under torchrun (2 processes, gloo):
 
-    python -m torch.distributed.run --nproc_per_node=2 --standalone ddp_train_script.py OUT
+    python -m torch.distributed.run --nproc_per_node=2 --standalone ddp_train_script.py OUT [qat]
 
 trains a small conv + linear model (no BatchNorm: its batch statistics would differ
-between a per-rank batch and the whole batch) and rank 0 saves the final state dict
-to OUT. The test trains `build()` in one process and compares.
+between a per-rank batch and the whole batch), float or (``qat``) prepared for
+quantization-aware training by `edgeq.prepare_qat` (W8A8, learned scales: the
+quantizers' shared parameters must train the same under DDP), and rank 0 saves the
+final state dict to OUT. The test trains `build()` in one process and compares.
 """
 
 from __future__ import annotations
@@ -33,16 +35,16 @@ CONFIG = TrainConfig(
 class Classifier(nn.Module):
     """Cross-entropy over a conv + linear student."""
 
-    def __init__(self) -> None:
+    def __init__(self, qat: bool = False) -> None:
         super().__init__()
-        self.student = nn.Sequential(
+        self.student: nn.Module = nn.Sequential(
             nn.Conv2d(3, 8, 3, padding=1),
             nn.ReLU(),
             nn.Conv2d(8, 8, 3, stride=2, padding=1),
             nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2),
+            nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
-            nn.Linear(32, 10),
+            nn.Linear(8, 10),
         )
 
     def forward(
@@ -53,7 +55,7 @@ class Classifier(nn.Module):
         return nn.functional.cross_entropy(logits, y), {}
 
 
-def build() -> tuple[Classifier, TrainData]:
+def build(kind: str = "float") -> tuple[Classifier, TrainData]:
     """The same model and data in every process (fixed seeds)."""
     torch.manual_seed(0)
     model = Classifier()
@@ -61,16 +63,30 @@ def build() -> tuple[Classifier, TrainData]:
     data = TrainData(
         torch.randn(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g)
     )
+    if kind == "qat":
+        import edgeq
+
+        qm = edgeq.prepare_qat(model.student.eval(), [data.inputs[:32]])
+        model.student = qm.module
     return model, data
 
 
-def main(out: str) -> None:
+def groups(model: Classifier, kind: str) -> list[dict] | None:
+    """QAT: the scales at a learning rate of their own (SGD's 0.05 would overshoot)."""
+    if kind != "qat":
+        return None
+    from edgeq.train.qat import parameter_groups
+
+    return parameter_groups(model, weight_decay=0.0, scale_lr=1e-4)
+
+
+def main(out: str, kind: str = "float") -> None:
     torch.set_num_threads(1)
-    model, data = build()
-    fit(model, data, CONFIG, progress=False, log=lambda _line: None)
+    model, data = build(kind)
+    fit(model, data, CONFIG, parameters=groups(model, kind), progress=False, log=lambda _: None)
     if is_main_process():
         torch.save(model.state_dict(), out)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

@@ -105,12 +105,15 @@ def _script() -> ModuleType:
     not (dist.is_available() and dist.is_gloo_available()),
     reason="this PyTorch build has no gloo backend for a CPU DDP run",
 )
-def test_two_process_ddp_run_equals_one_process(tmp_path: Path, no_torchrun: None) -> None:
+@pytest.mark.parametrize("kind", ["float", "qat"])
+def test_two_process_ddp_run_equals_one_process(
+    tmp_path: Path, no_torchrun: None, kind: str
+) -> None:
     out = tmp_path / "ddp_state.pt"
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           str(SCRIPT), str(out)]  # fmt: skip
+           str(SCRIPT), str(out), kind]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ddp = torch.load(out, weights_only=True)
@@ -119,20 +122,33 @@ def test_two_process_ddp_run_equals_one_process(tmp_path: Path, no_torchrun: Non
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model, data = script.build()
+        model, data = script.build(kind)
         start = {k: v.clone() for k, v in model.state_dict().items()}
         assert not dist.is_initialized()
         assert world_size() == 1
-        result = script.fit(model, data, script.CONFIG, progress=False, log=lambda _line: None)
+        result = script.fit(
+            model,
+            data,
+            script.CONFIG,
+            parameters=script.groups(model, kind),
+            progress=False,
+            log=lambda _line: None,
+        )
     finally:
         torch.set_num_threads(threads)
     assert result.steps == 8  # 64 samples / batch 16, 2 epochs
     single = model.state_dict()
     assert single.keys() == ddp.keys()
+    scales_moved: list[bool] = []
     for k in single:
         diff = float((single[k] - ddp[k]).abs().max())
         moved = float((single[k] - start[k]).abs().max())
         print(f"{k}: |single - ddp| {diff:.2e}, moved {moved:.2e}")
         # the same updates up to float reduction order (8 + 8 samples vs 16)
         torch.testing.assert_close(ddp[k], single[k], atol=1e-6, rtol=1e-5)
-        assert moved > 1e-3, f"{k} barely trained: the comparison would prove nothing"
+        if k.endswith(("weight", "bias")):
+            assert moved > 1e-3, f"{k} barely trained: the comparison would prove nothing"
+        elif k.endswith("scale"):
+            scales_moved.append(moved > 0)  # learned step sizes move far less
+    if kind == "qat":
+        assert sum(scales_moved) >= len(scales_moved) // 2, "the scales did not train"
