@@ -51,7 +51,7 @@ from edgeq.quant.kernels import (
     qlinear_global_average_pool,
     requantize_accumulator,
 )
-from edgeq.quant.saturation import NO_PAD, limit_pairs, pair_safe_scale
+from edgeq.quant.saturation import NO_PAD, PAIR_LIMIT, limit_pairs, pair_safe_scale
 
 QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {}
 # the smallest scale a learned step size may take (a step of 0 divides by zero)
@@ -312,6 +312,12 @@ class _WeightQuantMixin(nn.Module):
             self.weight_scale.data_ptr(),
         )
 
+    def _pairs_can_saturate(self) -> bool:
+        """The target limits pairs and two of these levels can exceed the limit (8-bit
+        weights; 4-bit ones sum to 16 at most)."""
+        spec = self.weight_spec
+        return self.limit_pairs and 2 * max(-spec.qmin, spec.qmax) > PAIR_LIMIT
+
     def weight_levels(self) -> torch.Tensor:
         """int32 weight levels as exported (pair-limited where the target needs it).
 
@@ -323,7 +329,7 @@ class _WeightQuantMixin(nn.Module):
             return cached[1]
         w, sw = self.weight.detach(), self.weight_scale.detach()
         q = quantize(w, sw, self.weight_zero_point, self.weight_spec)
-        if self.limit_pairs:
+        if self._pairs_can_saturate():
             view = [-1] + [1] * (w.ndim - 1)
             q = limit_pairs(q, w / sw.reshape(view), self.pad_in())
         self.__dict__["_levels_cache"] = (key, q)
@@ -365,7 +371,7 @@ class _WeightQuantMixin(nn.Module):
             return self.weight, self.bias
         sw = torch.clamp(self.weight_scale, min=_MIN_SCALE)
         w = lsq_fake_quantize(self.weight, sw, self.weight_zero_point, self.weight_spec)
-        if self.limit_pairs:  # train on the levels that deploy: pair-limited, where lowered
+        if self._pairs_can_saturate():  # train on the levels that deploy: pair-limited
             deployed = dequantize(
                 self.weight_levels(), sw.detach(), self.weight_zero_point, self.weight_spec
             )
