@@ -102,3 +102,60 @@ def test_preprocess_keys_are_kept_for_the_job():
     r = resolve({"preprocess": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}})
     assert r["preprocess"] == {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
     assert resolve()["preprocess"] == {}  # the model's declared preprocessing, else ImageNet
+
+
+def test_train_section_defaults_and_settings():
+    from edgeq.recipe import TRAIN_DEFAULTS, to_train
+
+    r = resolve({"weight": {"bits": 4}, "train": {"epochs": 3}}, {"train.lr": 1e-3}, train=True)
+    assert r["train"] == {**TRAIN_DEFAULTS, "epochs": 3, "lr": 1e-3}
+    assert r["weight"]["bits"] == 4  # the quantization keys are quantize's
+    s = to_train(r)
+    assert (s.train.epochs, s.train.batch_size, s.train.warmup_steps) == (3, 32, 10)
+    assert (s.train.optimizer, s.train.schedule, s.train.grad_clip) == ("adamw", "cosine", 1.0)
+    assert s.train.augment is True
+    assert (s.distill.temperature, s.distill.kd_weight, s.distill.label_weight) == (1.0, 1.0, 0.0)
+    assert s.learn_scales is True
+    assert s.scale_lr == pytest.approx(1e-3 * 0.01)
+    pairs = resolve(
+        {"train": {"features": [["stem.0", "stem.0"]], "feature_weight": 0.5}}, train=True
+    )
+    assert to_train(pairs).distill.features == (("stem.0", "stem.0"),)
+    assert "train" not in resolve()  # quantize's recipe is unchanged
+
+
+def test_a_resolved_train_recipe_runs_again_unchanged(tmp_path):
+    resolved = resolve({"train": {"epochs": 2, "grad_clip": None}}, train=True)
+    path = tmp_path / "train.yaml"
+    path.write_text(dump(resolved))
+    assert resolve(load_recipe(path), train=True) == resolved
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"epoch": 2}, "unknown key 'train.epoch'; did you mean 'train.epochs'?"),
+        ({"scale_lr": 0.1}, "did you mean 'train.scale_lr_factor'?"),
+        ({"epochs": 0}, "train.epochs=0: must be an integer >= 1"),
+        ({"lr": -1}, "train.lr=-1: must be a finite number > 0"),
+        ({"optimizer": "adan"}, "train.optimizer='adan': must be one of adamw, sgd"),
+        ({"crop_scale": [0.5]}, "train.crop_scale=[0.5]: must be two numbers"),
+        ({"temperature": 0}, "train.temperature=0: must be a finite number > 0"),
+        ({"kd_weight": 0}, "train: kd_weight, label_weight and feature_weight are all 0"),
+        ({"features": [["a", "b"]]}, "train.feature_weight=0.0 with 1 feature pairs"),
+        ({"features": "a"}, "train.features='a' must be a list of [student module, teacher"),
+        ({"features": [["a"]], "feature_weight": 1}, "train.features: ('a',) must be a"),
+        ({"learn_scales": "yes"}, "train.learn_scales='yes' must be true or false"),
+        ({"scale_lr_factor": 0}, "train.scale_lr_factor=0 must be a number > 0"),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else None,
+)
+def test_train_errors_name_the_key(train, message):
+    with pytest.raises(RecipeError) as e:
+        resolve({"train": train}, train=True)
+    assert message in str(e.value)
+
+
+def test_other_verbs_refuse_a_train_section():
+    with pytest.raises(RecipeError, match="train: only edgeq train reads this section"):
+        resolve({"train": {"epochs": 2}})

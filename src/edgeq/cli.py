@@ -2,6 +2,9 @@
 
     edgeq quantize MODEL --calib DATA [--eval DATA] [--weights FILE] [--config FILE]
                          [--out DIR] [--force] [--dry-run]
+    edgeq train MODEL --data DATA [--calib DATA] [--eval DATA] [--weights FILE]
+                      [--teacher MODEL [--teacher-weights FILE]] [--epochs N]
+                      [--config FILE] [--out DIR] [--force | --resume] [--dry-run]
     edgeq eval MODEL_OR_ONNX --data DATA [--ref MODEL_OR_ONNX] [--weights FILE]
     edgeq bench ONNX [--batch N ...] [--threads N] [--rounds N]
     edgeq compare RUN_OR_MODEL ...
@@ -37,11 +40,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from edgeq.data.images import DataError
     from edgeq.export.onnx_qdq import ExportError
     from edgeq.graph.capture import CaptureError
+    from edgeq.graph.states import StateError
     from edgeq.jobs.inputs import JobInputError
     from edgeq.models import ModelLoadError, PretrainedWeightsMissing
     from edgeq.quant import QuantInputError, SpecError
     from edgeq.runs import RunFolderError
     from edgeq.runtime import OnnxModelError
+    from edgeq.train.distill import DistillationError
+    from edgeq.train.engine import TrainingError
 
     return (
         UserError,
@@ -57,6 +63,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         RunFolderError,
         JobInputError,
         OnnxModelError,
+        TrainingError,  # a NaN loss, a checkpoint of another model (naming the step, file)
+        DistillationError,
+        StateError,  # a learned scale that cannot be deployed
         FileNotFoundError,
     )
 
@@ -80,16 +89,23 @@ class _Out:
 _PREPROCESS_FLAGS = ("resize", "crop", "mean", "std", "interpolation", "channel_order")
 
 
-def _recipe(args: argparse.Namespace, flags: dict[str, Any]) -> dict[str, Any]:
-    base = load_recipe(args.config) if getattr(args, "config", None) else {}
+def _recipe(
+    args: argparse.Namespace,
+    flags: dict[str, Any],
+    *,
+    train: bool = False,
+    config: str | Path | None = None,
+) -> dict[str, Any]:
+    path = config or getattr(args, "config", None)
+    base = load_recipe(path) if path else {}
     for key in _PREPROCESS_FLAGS:
         value = getattr(args, key, None)
         if value is not None:
             flags = {**flags, f"preprocess.{key}": value}
-    return resolve(base, flags)
+    return resolve(base, flags, train=train)
 
 
-def _summary(metrics: dict[str, Any], out: Path) -> str:
+def _summary(metrics: dict[str, Any], out: Path, extra: list[str] | None = None) -> str:
     acc = metrics["accuracy"]
     lines = [f"run folder: {out}", ""]
     # an artifact rebuilt by importing a factory or reading a model file needs the opt-in
@@ -127,6 +143,7 @@ def _summary(metrics: dict[str, Any], out: Path) -> str:
             f"{ec['top1_agreement']:.3f}, max |diff| {ec['max_abs_logit_difference']:.3g} "
             f"-> {'PASS' if ec['pass'] else 'FAIL'}"
         )
+    lines += extra or []
     lines += [
         "",
         "next:",
@@ -155,13 +172,16 @@ def cmd_quantize(args: argparse.Namespace, out: _Out) -> int:
     return _run_quantize_job(args, out, args.model, weights, recipe)
 
 
-def _in_run_folder(args: argparse.Namespace, command: str, work: Any) -> tuple[Any, Path]:
-    """Run ``work(folder)`` in a new run folder (`edgeq.runs.open_run`): marked complete
-    (and swapped in for the run it replaces) on success, marked failed or dropped on
-    any error or interruption."""
+def _in_run_folder(
+    args: argparse.Namespace, command: str, work: Any, run: Any = None
+) -> tuple[Any, Path]:
+    """Run ``work(folder)`` in a new run folder (`edgeq.runs.open_run`), or in ``run``
+    (a `RunFolder` that --resume continues): marked complete (and swapped in for the
+    run it replaces) on success, marked failed or dropped on any error or interruption."""
     from edgeq.runs import open_run
 
-    run = open_run(args.out, force=args.force, command=command)
+    if run is None:
+        run = open_run(args.out, force=args.force, command=command)
     try:
         result = work(run.path)
     except BaseException as e:
@@ -189,6 +209,11 @@ def _run_quantize_job(
     inputs = prepare_inputs(job)  # every check before the run folder exists
     metrics, run_dir = _in_run_folder(args, "quantize", lambda d: run_quantize(job, inputs, d))
     out.result(_summary(metrics, run_dir), metrics)
+    return _export_check_code(args, metrics, run_dir)
+
+
+def _export_check_code(args: argparse.Namespace, metrics: dict[str, Any], run_dir: Path) -> int:
+    """3 (with one line) when ONNX Runtime disagrees with the simulation, else 0."""
     check = metrics.get("export_check")
     if check is not None and not check["pass"]:
         print(
@@ -199,6 +224,62 @@ def _run_quantize_job(
         )
         return 3
     return 0
+
+
+def cmd_train(args: argparse.Namespace, out: _Out) -> int:
+    from edgeq.jobs.quantize import used_recipe
+    from edgeq.jobs.train import (
+        TrainJob,
+        final_scores,
+        prepare_train,
+        resume_folder,
+        run_train,
+        train_model,
+    )
+    from edgeq.train.distributed import is_main_process
+
+    if args.teacher_weights and not args.teacher:
+        raise UserError("--teacher-weights needs --teacher (without one the FP32 model teaches)")
+    config = args.config
+    if args.resume:
+        if args.out is None:
+            raise UserError("--resume needs --out RUN, the run folder to continue")
+        if args.force:
+            raise UserError("--resume continues --out in place and --force replaces it: pass one")
+        recorded = Path(args.out) / "recipe.yaml"
+        if config is None and recorded.is_file():
+            config = recorded  # the run's own recipe, flags (--epochs) over it
+    recipe = _recipe(args, {"train.epochs": args.epochs}, train=True, config=config)
+    if args.dry_run:
+        print(dump(recipe), end="")
+        return 0
+    main_rank = is_main_process()  # torchrun: rank 0 writes and logs, the others train
+    if not main_rank:
+        out = _Out(quiet=True, as_json=False)
+    job = TrainJob(
+        model=args.model,
+        recipe=recipe,
+        data=Path(args.data),
+        weights=Path(args.weights) if args.weights else None,
+        calib=Path(args.calib) if args.calib else None,
+        eval=Path(args.eval) if args.eval else None,
+        teacher=args.teacher,
+        teacher_weights=Path(args.teacher_weights) if args.teacher_weights else None,
+        resume=args.resume,
+        progress=not out.quiet,
+        log=out.log,
+        trust_model_file=args.trust_model_file,
+    )
+    inputs = prepare_train(job)  # every check before the run folder exists
+    run = None
+    if args.resume:
+        run = resume_folder(Path(args.out), used_recipe(recipe, inputs.base.preprocess))
+    if not main_rank:
+        train_model(job, inputs, None if run is None else run.path, evaluate=False)
+        return 0
+    metrics, run_dir = _in_run_folder(args, "train", lambda d: run_train(job, inputs, d), run)
+    out.result(_summary(metrics, run_dir, final_scores(metrics)), metrics)
+    return _export_check_code(args, metrics, run_dir)
 
 
 def cmd_demo(args: argparse.Namespace, out: _Out) -> int:
@@ -539,6 +620,38 @@ def _parser() -> argparse.ArgumentParser:
     preprocessing(q)
     common(q)
 
+    t = sub.add_parser(
+        "train",
+        help="quantization-aware training with distillation; write a run folder and a report",
+    )
+    t.add_argument(
+        "model",
+        help="torchvision:NAME | package.module:factory | a .pt2 or TorchScript file",
+    )
+    t.add_argument(
+        "--data",
+        required=True,
+        help="training images: class subfolders, images/ + labels.csv, or a plain folder "
+        "of images (unlabeled)",
+    )
+    t.add_argument("--calib", help="calibration images (default: a sample of --data)")
+    t.add_argument("--eval", help="labeled images for accuracy (never --data or --calib)")
+    t.add_argument("--weights", help="weights file (.pth/.pt with weights_only, .safetensors)")
+    t.add_argument("--teacher", help="the teaching model (default: the FP32 model itself)")
+    t.add_argument("--teacher-weights", help="the teacher's weights file")
+    t.add_argument("--epochs", type=int, help="training epochs (default 1: recipe train.epochs)")
+    t.add_argument("--out", help="run folder (default: the next runs/NNN)")
+    t.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the --out run whose training was cut short, from its checkpoint",
+    )
+    t.add_argument("--dry-run", action="store_true", help="print the resolved recipe and stop")
+    trust(t)
+    preprocessing(t)
+    common(t)
+
     d = sub.add_parser("demo", help="quantize the real pretrained MobileNetV2, offline")
     d.add_argument("--calib", help="image folder (default: scikit-image's sample photos)")
     d.add_argument("--eval", help="labeled image folder for accuracy")
@@ -592,6 +705,7 @@ def _parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "quantize": cmd_quantize,
+    "train": cmd_train,
     "demo": cmd_demo,
     "eval": cmd_eval,
     "bench": cmd_bench,

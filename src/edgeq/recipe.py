@@ -15,6 +15,14 @@
     overrides:                  # first match wins; module names or globs
       - {match: features.0.*, bits: 8}
       - {match: classifier.*, float: true}
+    train:                      # edgeq train only (QAT with distillation); see TRAIN_DEFAULTS
+      {epochs: 1, batch_size: 32, lr: 1.0e-4, optimizer: adamw, schedule: cosine,
+       warmup_steps: 10, grad_clip: 1.0, augment: true, temperature: 1.0, kd_weight: 1.0,
+       label_weight: 0.0, learn_scales: true, scale_lr_factor: 0.01}
+
+The quantization keys mean the same to ``edgeq train`` as to ``edgeq quantize`` (QAT
+starts from that PTQ); the ``train`` section is read by ``edgeq train`` alone
+(``resolve(..., train=True)``) and refused elsewhere, where it would be ignored.
 
 Flags override the file; the file overrides the defaults. A recipe that sets
 ``activation.percentile`` without ``activation.percentile_search`` gets that percentile
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +45,8 @@ import yaml
 from edgeq.ptq.config import LayerOverride, PTQConfig
 from edgeq.ptq.range_search import DEFAULT_PERCENTILES
 from edgeq.quant import QuantSpec, SpecError
+from edgeq.train.distill import DistillationError, DistillConfig
+from edgeq.train.engine import TrainConfig
 
 
 class RecipeError(ValueError):
@@ -66,6 +77,33 @@ DEFAULTS: dict[str, Any] = {
     "overrides": [],
 }
 RECIPE_PREPROCESS_KEYS = {"resize", "crop", "mean", "std", "interpolation", "channel_order"}
+# edgeq train's section: TrainConfig's keys (the engine), DistillConfig's (the loss) and
+# QAT's own; the defaults are the usual QAT fine-tuning recipe (a short warmup, a
+# learning rate ~1e-2 of training from scratch, the FP32 model's logits at T=1)
+_TRAINER_KEYS = {
+    "epochs": 1,
+    "batch_size": 32,
+    "lr": 1e-4,
+    "weight_decay": 0.0,
+    "optimizer": "adamw",
+    "schedule": "cosine",
+    "warmup_steps": 10,
+    "grad_clip": 1.0,
+    "seed": 0,
+    "augment": True,
+    "crop_scale": [0.35, 1.0],
+}
+_DISTILL_KEYS = {
+    "temperature": 1.0,
+    "kd_weight": 1.0,
+    "label_weight": 0.0,  # > 0: cross-entropy with the data's labels too
+    "feature_weight": 0.0,
+    "features": [],  # [[student module, teacher module], ...]
+}
+# learn_scales: LSQ on every scale (false: the PTQ scales, plain STE); the scales'
+# learning rate is lr * scale_lr_factor (`edgeq.train.qat.parameter_groups` says why)
+_QAT_KEYS = {"learn_scales": True, "scale_lr_factor": 0.01}
+TRAIN_DEFAULTS: dict[str, Any] = {**_TRAINER_KEYS, **_DISTILL_KEYS, **_QAT_KEYS}
 _SECTIONS = {
     "weight": _WEIGHT_KEYS,
     "activation": _ACT_KEYS,
@@ -73,6 +111,7 @@ _SECTIONS = {
     "preprocess": RECIPE_PREPROCESS_KEYS,
     "evaluation": {"images", "batch_size"},
     "bench": {"batch", "threads", "rounds"},
+    "train": set(TRAIN_DEFAULTS),
 }
 _CHOICES = {
     "mode": ["static", "weight_only", "float16", "dynamic"],
@@ -122,14 +161,29 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def resolve(
-    recipe: dict[str, Any] | None = None, flags: dict[str, Any] | None = None
+    recipe: dict[str, Any] | None = None,
+    flags: dict[str, Any] | None = None,
+    *,
+    train: bool = False,
 ) -> dict[str, Any]:
     """Defaults <- recipe <- flags (dotted keys such as ``calibration.images``), validated.
+
+    Args:
+        recipe: the file's keys.
+        flags: dotted keys from the command line (None values are not given).
+        train: the recipe of ``edgeq train``: the ``train`` section is filled in with
+            `TRAIN_DEFAULTS` and checked (`to_train`); other verbs refuse the section.
 
     Raises:
         RecipeError: unknown key (with the closest valid one) or bad value.
     """
-    out = _merge(DEFAULTS, recipe or {})
+    if not train and "train" in (recipe or {}):
+        raise RecipeError(
+            "train: only edgeq train reads this section (here it would be ignored); remove "
+            "it, or run edgeq train"
+        )
+    defaults = {**DEFAULTS, "train": TRAIN_DEFAULTS} if train else DEFAULTS
+    out = _merge(defaults, recipe or {})
     given: set[str] = {
         f"{section}.{key}"
         for section, body in (recipe or {}).items()
@@ -150,11 +204,14 @@ def resolve(
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise RecipeError(f"{k}={out[k]!r} is not one of {choices}{hint}")
     _check_numbers(out)
-    _check_mode_keys(out, given | {k for k in (recipe or {}) if k not in _SECTIONS})
+    quantization_keys = {k for k in given if not k.startswith("train.")}
+    _check_mode_keys(out, quantization_keys | {k for k in (recipe or {}) if k not in _SECTIONS})
     if not isinstance(out["overrides"], list):
         raise RecipeError(f"overrides: expected a list, got {out['overrides']!r}")
     to_config(out)  # every spec and override is checked here
     _check_preprocess(out["preprocess"])
+    if train:
+        to_train(out)  # and every training setting here
     return out
 
 
@@ -283,3 +340,62 @@ def to_config(recipe: dict[str, Any]) -> PTQConfig:
 
 def dump(recipe: dict[str, Any]) -> str:
     return yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None)
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """What a resolved recipe's ``train`` section says: the engine's settings, the
+    distillation loss, and how QAT trains the scales."""
+
+    train: TrainConfig
+    distill: DistillConfig
+    learn_scales: bool
+    scale_lr_factor: float
+
+    @property
+    def scale_lr(self) -> float:
+        """The scales' learning rate."""
+        return self.train.lr * self.scale_lr_factor
+
+
+def _train_error(e: Exception) -> RecipeError:
+    """A TrainConfig or DistillConfig error with the recipe's key (``train.lr=0: ...``)."""
+    msg = str(e).removeprefix("TrainConfig.")
+    key = msg.split("=", 1)[0].split(":", 1)[0]
+    return RecipeError(f"train.{msg}" if key in TRAIN_DEFAULTS else f"train: {msg}")
+
+
+def to_train(recipe: dict[str, Any]) -> TrainRecipe:
+    """The training settings of a recipe resolved with ``train=True``.
+
+    Raises:
+        RecipeError: a value `TrainConfig` or `DistillConfig` refuses, naming the key
+            (``train.lr=0: must be a finite number > 0``).
+
+    Example:
+        >>> to_train(resolve({"train": {"epochs": 3}}, train=True)).train.epochs
+        3
+    """
+    t = recipe["train"]
+    try:
+        trainer = TrainConfig(**{k: t[k] for k in _TRAINER_KEYS})
+    except SpecError as e:
+        raise _train_error(e) from e
+    features = t["features"]
+    if not isinstance(features, list):
+        raise RecipeError(
+            f"train.features={features!r} must be a list of [student module, teacher module]"
+        )
+    pairs = tuple(tuple(p) if isinstance(p, list) else p for p in features)
+    try:
+        distill = DistillConfig(
+            **{k: t[k] for k in _DISTILL_KEYS if k != "features"}, features=pairs
+        )
+    except (DistillationError, TypeError) as e:
+        raise _train_error(e) from e
+    if not isinstance(t["learn_scales"], bool):
+        raise RecipeError(f"train.learn_scales={t['learn_scales']!r} must be true or false")
+    factor = t["scale_lr_factor"]
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 0:
+        raise RecipeError(f"train.scale_lr_factor={factor!r} must be a number > 0")
+    return TrainRecipe(trainer, distill, t["learn_scales"], float(factor))

@@ -53,6 +53,9 @@ _RUN_NAMES = {
     "sensitivity.md",
     "sensitivity.html",
     "sensitivity.csv",
+    "checkpoint.pt",
+    "train_metrics.csv",
+    "train_metrics.json",
 }
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from edgeq.evaluate.per_layer import LayerError
 from edgeq.report import plots
 from edgeq.report.document import Document, fmt
+from edgeq.report.training import add_training
 from edgeq.runs import write_text_atomic
 
 
@@ -25,7 +26,8 @@ def build_report(out: Path, metrics: dict[str, Any], errors: list[LayerError]) -
     acc = metrics["accuracy"]
     b = metrics["bytes"]
     lat = metrics.get("latency", {})
-    doc = Document(f"edgeq report: {metrics['model']} ({metrics['mode']})")
+    how = f"{metrics['mode']}, quantization-aware training" if metrics.get("training") else ""
+    doc = Document(f"edgeq report: {metrics['model']} ({how or metrics['mode']})")
     doc.p(
         f"Weights: {metrics['weights']}. Calibration: {metrics['calibration']}. "
         f"Evaluation: {metrics['evaluation']}."
@@ -88,6 +90,9 @@ def build_report(out: Path, metrics: dict[str, Any], errors: list[LayerError]) -
             f"Size on disk: the packed artifact (model/) is "
             f"{b['artifact'] / b['fp32_onnx']:.3f}x the FP32 ONNX."
         )
+
+    if metrics.get("training"):
+        add_training(doc, out, plot_dir, metrics["training"])
 
     doc.h2("Export check: ONNX Runtime vs the PyTorch simulation")
     ec = metrics.get("export_check")
@@ -182,8 +187,10 @@ def build_report(out: Path, metrics: dict[str, Any], errors: list[LayerError]) -
             )
     doc.h2("Time and machine")
     s = metrics["seconds"]
+    train = f"training: {s['train']:.1f} s; " if "train" in s else ""
     doc.p(
-        f"Quantize (calibration included): {s['quantize']:.1f} s; whole job: {s['total']:.1f} s. "
+        f"Quantize (calibration included): {s['quantize']:.1f} s; {train}"
+        f"whole job: {s['total']:.1f} s. "
         f"{_machine_line(metrics['machine'])}; "
         + ", ".join(f"{k} {v}" for k, v in metrics["versions"].items())
         + "."

@@ -99,3 +99,33 @@ def tradeoff(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def curves(
+    history: list[dict[str, float]],
+    series: dict[str, str],
+    ylabel: str,
+    title: str,
+    path: Path,
+    *,
+    percent: bool = False,
+) -> Path:
+    """One line per ``series`` (history key -> legend label) over the epochs, a marker
+    on every epoch (a one-epoch run is one point per line); ``percent`` draws fractions
+    in percent."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    epochs = [row["epoch"] for row in history]
+    scale = 100.0 if percent else 1.0
+    for key, label in series.items():
+        ys = [scale * row[key] if key in row else float("nan") for row in history]
+        ax.plot(epochs, ys, marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_xticks(epochs)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
