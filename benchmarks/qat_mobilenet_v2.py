@@ -117,6 +117,7 @@ def _qat(model, xt, yt, xv, yv, ref, bits, args, log) -> dict:
         log=log,
     )
     edgeq.convert(qm)
+    qm.module.eval()  # dropout off: the deployed model
     final = _score(_logits(qm.module, xv), yv, ref)
     return {
         "bits": bits,

@@ -597,3 +597,27 @@ def test_resume_needs_a_run_dir() -> None:
 def test_evaluate_may_not_reuse_engine_names() -> None:
     with pytest.raises(TrainingError, match=r"evaluate\(\) returned 'loss'.*e\.g\. 'val_loss'"):
         run(Classifier(), images(), TrainConfig(batch_size=8), evaluate=lambda: {"loss": 1.0})
+
+
+def test_evaluate_runs_in_eval_mode_and_training_resumes_after() -> None:
+    """Dropout must be off when evaluate() scores the model (the deployed behaviour),
+    and back on for the next epoch's steps."""
+    objective = Classifier()
+    seen: list[bool] = []
+    modes_in_step: list[bool] = []
+    objective.student.drop.register_forward_hook(
+        lambda m, args, out: modes_in_step.append(m.training)
+    )
+
+    def evaluate() -> dict[str, float]:
+        seen.append(objective.student.drop.training)
+        x = images(4).inputs
+        with torch.no_grad():  # deterministic: the same scores twice (dropout is off)
+            a, b = objective.student(x), objective.student(x)
+        return {"same": float(torch.equal(a, b))}
+
+    result = run(objective, images(), TrainConfig(batch_size=8, epochs=2), evaluate=evaluate)
+    assert seen == [False, False]
+    assert [row["same"] for row in result.history] == [1.0, 1.0]
+    train_calls = [m for m in modes_in_step if m]
+    assert len(train_calls) == 2 * 3  # 24 samples / batch 8, two epochs: all in train mode

@@ -16,7 +16,7 @@ import torch
 
 from edgeq.quant.checks import check_float_tensor
 from edgeq.quant.layout import expand_param, from_rows, to_rows
-from edgeq.quant.spec import QuantSpec
+from edgeq.quant.spec import Granularity, QuantSpec
 
 # A scale below float32's smallest normal number would make x / scale overflow to
 # inf for ordinary inputs; clamp there (ranges that small are all-zero in practice).
@@ -168,17 +168,92 @@ def lsq_fake_quantize(
 
     Forward equals `fake_quantize` and ONNX's QuantizeLinear -> DequantizeLinear bit
     for bit (a true division by the scale, round half to even). Backward: ``d out /
-    d x`` is the clipped straight-through estimator; ``d out / d scale`` is
-    ``round(x/s) - x/s`` inside the range and ``qmin - z`` or ``qmax - z`` where it
-    saturates; the scale gradient is multiplied by ``grad_scale`` (default
-    ``1 / sqrt(numel_per_scale * qmax)``, the paper's choice).
+    d x`` is the clipped straight-through estimator (1 where ``round(x/s) + z`` lies
+    in ``[qmin, qmax]``, the limits included, as in PyTorch's learnable fake
+    quantization; 0 where it saturates); ``d out / d scale`` is ``round(x/s) - x/s``
+    inside the range and ``qmin - z`` or ``qmax - z`` where it saturates; the scale
+    gradient is multiplied by ``grad_scale`` (default ``1 / sqrt(numel_per_scale *
+    qmax)``, the paper's choice). The zero point gets no gradient.
+
+    Per-tensor and per-channel scales run as one fused autograd function (a few
+    in-place passes, only ``x`` kept for backward: training a quantized network is
+    dominated by these element-wise passes otherwise); per-group scales take the
+    composed form, `lsq_fake_quantize_reference`, which computes the same values.
     """
+    if grad_scale is None:
+        per_scale = x.numel() / max(scale.numel(), 1)
+        grad_scale = 1.0 / float(per_scale * max(spec.qmax, 1)) ** 0.5
+    if spec.granularity is Granularity.PER_GROUP:
+        return lsq_fake_quantize_reference(x, scale, zero_point, spec, grad_scale=grad_scale)
+    s = expand_param(scale, spec, x)
+    z = expand_param(zero_point.to(x.dtype), spec, x)
+    return _LSQFakeQuant.apply(x, s, z, scale.shape, spec.qmin, spec.qmax, grad_scale)
+
+
+class _LSQFakeQuant(torch.autograd.Function):
+    """`lsq_fake_quantize` for scales broadcast by a view (per tensor, per channel)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        x: torch.Tensor,
+        s: torch.Tensor,
+        z: torch.Tensor,
+        scale_shape: torch.Size,
+        qmin: int,
+        qmax: int,
+        grad_scale: float,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, s, z)
+        ctx.scale_shape, ctx.qmin, ctx.qmax, ctx.grad_scale = scale_shape, qmin, qmax, grad_scale
+        # the reference's operations, in its order, in place: the same bits
+        out = torch.div(x, s)
+        out.round_().add_(z).clamp_(qmin, qmax).sub_(z).mul_(s)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, s, z = ctx.saved_tensors
+        v = torch.div(x, s)
+        levels = torch.round(v)  # centred levels before clipping: round(x / s)
+        clipped = torch.clamp(levels.add_(z), ctx.qmin, ctx.qmax)  # levels now + z
+        inside = clipped == levels
+        clipped.sub_(z)  # the clipped centred levels, q - z
+        grad_x = grad_s = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.where(inside, grad, 0.0)
+        if ctx.needs_input_grad[1]:
+            # d out / d s: round(v) - v inside the range, q - z where it saturates
+            per_element = clipped.sub_(v.mul_(inside)).mul_(grad)
+            if s.ndim != x.ndim:  # one scale for the tensor
+                total = per_element.sum()
+            else:
+                dims = [d for d in range(x.ndim) if s.shape[d] == 1]
+                total = per_element.sum(dim=dims) if dims else per_element
+            grad_s = total.reshape(s.shape) * ctx.grad_scale
+        return grad_x, grad_s, None, None, None, None, None
+
+
+def lsq_fake_quantize_reference(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    grad_scale: float | None = None,
+) -> torch.Tensor:
+    """`lsq_fake_quantize` composed of autograd primitives (any granularity): the
+    specification the fused function is tested against."""
     if grad_scale is None:
         per_scale = x.numel() / max(scale.numel(), 1)
         grad_scale = 1.0 / float(per_scale * max(spec.qmax, 1)) ** 0.5
     s = expand_param(scale_gradient(scale, grad_scale), spec, x)
     z = expand_param(zero_point.to(x.dtype), spec, x)
-    q = torch.clamp(round_ste(x / s) + z, spec.qmin, spec.qmax)
+    t = round_ste(x / s) + z
+    # clip with the gradient passing on the limits themselves (a value rounding onto
+    # qmin or qmax is inside the range; torch.clamp's gradient is 0 there)
+    inside = (t >= spec.qmin) & (t <= spec.qmax)
+    q = torch.where(inside, t, torch.clamp(t.detach(), spec.qmin, spec.qmax))
     return (q - z) * s
 
 

@@ -550,8 +550,11 @@ def _train_epoch(run: _Run, show: bool) -> dict[str, float]:
 
 
 def _evaluate(run: _Run, evaluate: Callable[[], Mapping[str, float]]) -> dict[str, float]:
-    numbers = evaluate()
-    run.objective.train()  # evaluate may have switched to eval mode
+    run.objective.eval()  # dropout off, as deployed; BatchNorm statistics untouched
+    try:
+        numbers = evaluate()
+    finally:
+        run.objective.train()
     if not isinstance(numbers, Mapping):
         raise TrainingError(f"evaluate() must return a dict of numbers, not {numbers!r}")
     taken = [k for k in numbers if k in _ENGINE_KEYS]
@@ -652,8 +655,9 @@ def fit(
         resume: continue from ``run_dir/checkpoint.pt`` when it exists (weights,
             optimizer, schedule, history; the run's result equals an uninterrupted one
             bit for bit). Only ``epochs`` may differ from the checkpoint's config.
-        evaluate: called at the end of every epoch in rank 0; its numbers join the
-            epoch's row of the history.
+        evaluate: called at the end of every epoch in rank 0, with the objective in
+            eval mode (dropout off; training mode again after it); its numbers join
+            the epoch's row of the history.
         parameters: what to optimize (tensors or parameter-group dicts); default: the
             objective's parameters with ``requires_grad``.
         progress: show a tqdm bar (hidden when stderr is not a terminal).
