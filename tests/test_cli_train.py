@@ -207,7 +207,7 @@ def test_resume_continues_a_run_cut_short(tmp_path, folders, recipe, capsys, mon
     other = tmp_path / "other.yaml"
     other.write_text(RECIPE.replace("label_weight: 0.5", "label_weight: 0, lr: 0.001"))
     assert _train(plain, cut, other, "--resume") == 1
-    assert "its recipe has train.lr=0.0001, this run train.lr=0.001" in _one_line(capsys)
+    assert "its recipe has train.lr=2e-05, this run train.lr=0.001" in _one_line(capsys)
 
     # the run's own recipe.yaml (2 epochs) is used when --config is not given
     code = main(["train", FACTORY, "--data", str(plain), "--out", str(cut), "--resume",
