@@ -15,7 +15,6 @@ measured once by `qat_mobilenet_v2.py`. Prints one line per epoch and, with
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import tempfile
@@ -29,12 +28,10 @@ import edgeq
 from edgeq.data import load_labeled_images
 from edgeq.graph.states import to_training
 from edgeq.models import mobilenet_v2_weights_path
-from edgeq.train.distill import DistillationObjective, DistillConfig
-from edgeq.train.engine import TrainConfig, TrainData, fit
-from edgeq.train.qat import parameter_groups
+from edgeq.train.engine import TrainData, fit
 
 sys.path.insert(0, str(Path(__file__).parent))
-from qat_mobilenet_v2 import CALIB, _configs, _logits, block_features
+from qat_mobilenet_v2 import CALIB, _configs, _logits, distill_training
 
 TRAIN, HOLDOUT = 800, 200
 
@@ -84,30 +81,14 @@ def main() -> None:
     start = score()
     print(f"PTQ start: {start}", flush=True)
     to_training(qm.module)
-    features = block_features() if args.feature_weight > 0 else ()
-    distill = DistillConfig(
-        temperature=args.temperature, feature_weight=args.feature_weight, features=features
-    )
-    objective = DistillationObjective(
-        qm.module, copy.deepcopy(model).eval(), distill, example=xt[:2]
-    )
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch,
-        lr=args.lr,
-        weight_decay=0.0,
-        grad_clip=1.0,
-        seed=0,
-        warmup_steps=10,
-        augment=args.augment,
-    )
+    objective, cfg, groups = distill_training(model, qm, xt[:2], args)
     result = fit(
         objective,
         TrainData(xt, yt),
         cfg,
         run_dir=Path(tempfile.mkdtemp(prefix="qat-sweep-")),
         evaluate=evaluate,
-        parameters=parameter_groups(objective, weight_decay=0.0, scale_lr=args.lr * args.scale_lr),
+        parameters=groups,
         progress=False,
         log=lambda _line: None,
     )

@@ -92,19 +92,26 @@ def block_features() -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _qat(model, xt, yt, xv, yv, ref, bits, args, log) -> dict:
-    calib = [xt[i : i + 32] for i in range(0, CALIB, 32)]
-    t0 = time.perf_counter()
-    qm = edgeq.prepare_qat(model, calib, _configs(bits))
-    teacher = copy.deepcopy(model).eval()
+def distill_training(
+    model: nn.Module,
+    qm: edgeq.QuantizedModel,
+    example: torch.Tensor,
+    args: argparse.Namespace,
+    *,
+    label_weight: float = 0.0,
+) -> tuple[DistillationObjective, TrainConfig, list[dict]]:
+    """The FP32 model teaching the prepared ``qm`` (logits, and the block features with
+    ``args.feature_weight`` > 0), the engine's settings from ``args`` and the optimizer
+    groups (scales at ``args.scale_lr`` times the lr): what every QAT run here trains."""
     features = block_features() if args.feature_weight > 0 else ()
     distill = DistillConfig(
         temperature=args.temperature,
-        label_weight=args.ce,
+        label_weight=label_weight,
         feature_weight=args.feature_weight,
         features=features,
     )
-    objective = DistillationObjective(qm.module, teacher, distill, example=xt[:2])
+    teacher = copy.deepcopy(model).eval()
+    objective = DistillationObjective(qm.module, teacher, distill, example=example)
     cfg = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch,
@@ -115,6 +122,15 @@ def _qat(model, xt, yt, xv, yv, ref, bits, args, log) -> dict:
         warmup_steps=10,
         augment=args.augment,
     )
+    groups = parameter_groups(objective, weight_decay=0.0, scale_lr=args.lr * args.scale_lr)
+    return objective, cfg, groups
+
+
+def _qat(model, xt, yt, xv, yv, ref, bits, args, log) -> dict:
+    calib = [xt[i : i + 32] for i in range(0, CALIB, 32)]
+    t0 = time.perf_counter()
+    qm = edgeq.prepare_qat(model, calib, _configs(bits))
+    objective, cfg, groups = distill_training(model, qm, xt[:2], args, label_weight=args.ce)
     curve = []
 
     def evaluate() -> dict[str, float]:
@@ -132,7 +148,7 @@ def _qat(model, xt, yt, xv, yv, ref, bits, args, log) -> dict:
         cfg,
         run_dir=run_dir,
         evaluate=evaluate,
-        parameters=parameter_groups(objective, weight_decay=0.0, scale_lr=args.lr * args.scale_lr),
+        parameters=groups,
         progress=False,
         log=log,
     )
@@ -142,7 +158,7 @@ def _qat(model, xt, yt, xv, yv, ref, bits, args, log) -> dict:
     return {
         "bits": bits,
         "config": cfg.to_dict(),
-        "distill": distill.to_dict(),
+        "distill": objective.config.to_dict(),
         "history": result.history,
         "final": final,
         "seconds": time.perf_counter() - t0,

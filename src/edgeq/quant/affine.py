@@ -156,6 +156,12 @@ def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
     return _ScaleGrad.apply(x, factor)
 
 
+def _lsq_grad_scale(x: torch.Tensor, scale: torch.Tensor, spec: QuantSpec) -> float:
+    """LSQ's step-size gradient scale, ``1 / sqrt(numel_per_scale * qmax)``."""
+    per_scale = x.numel() / max(scale.numel(), 1)
+    return 1.0 / float(per_scale * max(spec.qmax, 1)) ** 0.5
+
+
 def lsq_fake_quantize(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -181,8 +187,7 @@ def lsq_fake_quantize(
     composed form, `lsq_fake_quantize_reference`, which computes the same values.
     """
     if grad_scale is None:
-        per_scale = x.numel() / max(scale.numel(), 1)
-        grad_scale = 1.0 / float(per_scale * max(spec.qmax, 1)) ** 0.5
+        grad_scale = _lsq_grad_scale(x, scale, spec)
     if spec.granularity is Granularity.PER_GROUP:
         return lsq_fake_quantize_reference(x, scale, zero_point, spec, grad_scale=grad_scale)
     s = expand_param(scale, spec, x)
@@ -245,8 +250,7 @@ def lsq_fake_quantize_reference(
     """`lsq_fake_quantize` composed of autograd primitives (any granularity): the
     specification the fused function is tested against."""
     if grad_scale is None:
-        per_scale = x.numel() / max(scale.numel(), 1)
-        grad_scale = 1.0 / float(per_scale * max(spec.qmax, 1)) ** 0.5
+        grad_scale = _lsq_grad_scale(x, scale, spec)
     s = expand_param(scale_gradient(scale, grad_scale), spec, x)
     z = expand_param(zero_point.to(x.dtype), spec, x)
     t = round_ste(x / s) + z
