@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -213,7 +214,6 @@ def test_out_that_is_a_file(tmp_path, images, capsys):
 def test_a_failed_forced_run_leaves_the_earlier_run_intact(
     tmp_path, images, earlier_run, monkeypatch, capsys
 ):
-    import shutil
 
     import edgeq.jobs.quantize as job
 
@@ -232,7 +232,6 @@ def test_a_failed_forced_run_leaves_the_earlier_run_intact(
 
 
 def test_eval_and_load_refuse_a_run_that_was_cut_short(tmp_path, images, earlier_run, capsys):
-    import shutil
 
     import edgeq
     from edgeq.runs import RunFolderError
@@ -247,10 +246,20 @@ def test_eval_and_load_refuse_a_run_that_was_cut_short(tmp_path, images, earlier
         edgeq.load(run, trust_model_file=True)
 
 
-def test_eval_of_a_run_needs_trust_for_a_factory_model(images, earlier_run, capsys):
-    assert main(["eval", str(earlier_run), "--data", str(images), "--quiet"]) == 1
+def test_eval_of_a_factory_run_needs_trust_only_without_its_architecture_record(
+    images, earlier_run, tmp_path, capsys
+):
+    # the artifact records its graph: nothing to import, no trust needed
+    assert main(["eval", str(earlier_run), "--data", str(images), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 12
+    run = tmp_path / "run"
+    shutil.copytree(earlier_run, run)
+    meta_path = run / "model" / "edgeq.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "architecture": None}))  # as schema 2 had it
+    assert main(["eval", str(run), "--data", str(images), "--quiet"]) == 1
     assert "--trust-model-file" in _one_line(capsys)
-    args = ["eval", str(earlier_run), "--data", str(images), "--trust-model-file", "--json"]
+    args = ["eval", str(run), "--data", str(images), "--trust-model-file", "--json"]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 12
 

@@ -105,11 +105,21 @@ def _recipe(
     return resolve(base, flags, train=train)
 
 
+def _load_needs_trust(out: Path, model: str) -> bool:
+    """An artifact rebuilt by importing a factory or reading a model file needs the
+    opt-in; one that records its architecture (or names torchvision) does not."""
+    try:
+        meta = json.loads((out / "model" / "edgeq.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    recorded = isinstance(meta, dict) and meta.get("architecture") is not None
+    return not recorded and not model.startswith("torchvision:")
+
+
 def _summary(metrics: dict[str, Any], out: Path, extra: list[str] | None = None) -> str:
     acc = metrics["accuracy"]
     lines = [f"run folder: {out}", ""]
-    # an artifact rebuilt by importing a factory or reading a model file needs the opt-in
-    trust = "" if str(metrics["model"]).startswith("torchvision:") else ", trust_model_file=True"
+    trust = ", trust_model_file=True" if _load_needs_trust(out, str(metrics["model"])) else ""
     rows = [
         ("FP32 (ONNX Runtime)", "fp32_onnx"),
         ("quantized (ONNX Runtime)", "quantized_onnx"),

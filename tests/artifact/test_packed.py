@@ -69,10 +69,12 @@ def test_int4_weights_are_packed_two_per_byte(tmp_path):
     assert t["pw.0.weight_q"].numel() == 64 * 64 // 2
 
 
-def test_save_without_a_source_explains_what_to_do(tmp_path):
+def test_a_model_without_a_source_saves_and_loads_from_its_recorded_graph(tmp_path):
     qm = edgeq.quantize(SmallNet().eval(), [_data()])
-    with pytest.raises(ArtifactError, match=r"edgeq\.load_model"):
-        edgeq.save(qm, tmp_path / "m")
+    assert qm.source is None
+    loaded = edgeq.load(edgeq.save(qm, tmp_path / "m"))  # no trust: nothing to import
+    with torch.no_grad():
+        assert torch.equal(loaded(_data()), qm(_data()))
 
 
 def test_tampered_or_incomplete_artifacts_are_refused(tmp_path):

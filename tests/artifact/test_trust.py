@@ -56,11 +56,15 @@ def artifact(tmp_path_factory) -> Path:
     return edgeq.save(qm, tmp_path_factory.mktemp("art") / "m")
 
 
-def with_source(artifact: Path, tmp_path: Path, source: dict) -> Path:
+def with_source(artifact: Path, tmp_path: Path, source: dict, *, record: bool = False) -> Path:
+    """A copy of ``artifact`` with another source; without its architecture record
+    (``record=False``), so that loading must build the source."""
     folder = tmp_path / "t"
     shutil.copytree(artifact, folder)
     meta = json.loads((folder / "edgeq.json").read_text())
     meta["source"] = source
+    if not record:
+        meta["architecture"] = None
     (folder / "edgeq.json").write_text(json.dumps(meta))
     return folder
 
@@ -100,6 +104,12 @@ def test_a_tampered_os_abort_factory_is_refused_and_never_called(artifact, tmp_p
     folder = with_source(artifact, tmp_path, {"kind": "factory", "ref": "os:abort"})
     with pytest.raises(ArtifactError, match=rf"import the Python module 'os'.*{OPT_IN}"):
         edgeq.load(folder)  # the test process is still alive to see the error
+
+
+def test_with_an_architecture_record_the_source_is_never_built(artifact, tmp_path):
+    folder = with_source(artifact, tmp_path, {"kind": "factory", "ref": "os:abort"}, record=True)
+    qm = edgeq.load(folder)  # os.abort would end the test run
+    assert qm.source == {"kind": "factory", "ref": "os:abort"}  # kept, as information
 
 
 def test_an_untrusted_factory_is_neither_imported_nor_called(artifact, tmp_path):

@@ -6,27 +6,32 @@
       model.safetensors   integer weights packed to their bit width (uint8 bytes),
                           int32 biases, every scale and zero point, float leftovers
 
-Loading never unpickles code: the architecture is rebuilt from the recorded source,
-captured and rewritten the same way `edgeq.quantize` does, and the stored levels and
-qparams are put back.
+Loading never unpickles code. The architecture is rebuilt from its record in the JSON
+(`edgeq.artifact.architecture`: the float graph as data, torch.nn modules and the ops
+edgeq places, so no source is needed, and a model whose structure a pass changed loads
+with its own shapes) and rewritten the same way `edgeq.quantize` does; then the stored
+levels and qparams are put back. A model whose graph cannot be recorded as data (a
+custom leaf module, a function edgeq does not place) is rebuilt from its recorded
+source instead, as artifacts of schema 2 always were.
 
 Trust: an artifact is data from whoever wrote it, the SHA-256 included (it only
 catches an interrupted or damaged save, not a forgery). So `load` checks every field
 of the JSON (`edgeq.artifact.validate`) and every tensor against the rebuilt model
 (`edgeq.artifact.fit`) before using it: any mismatch is an `ArtifactError` naming the
-key. A ``torchvision:NAME`` source is always rebuilt (the name must be one of
-torchvision's). A ``package.module:factory`` source (imported and called) and a
-TorchScript or ExportedProgram source (a file whose loading can run code) are
-refused unless ``trust_model_file=True`` (command line: ``--trust-model-file``);
-without it no path recorded in the JSON is opened, stat'ed or hashed. With it, an
-exception the factory raises (``SystemExit`` too) becomes an `ArtifactSourceError`
-naming the factory.
+key. Without an architecture record: a ``torchvision:NAME`` source is always rebuilt
+(the name must be one of torchvision's). A ``package.module:factory`` source
+(imported and called) and a TorchScript or ExportedProgram source (a file whose
+loading can run code) are refused unless ``trust_model_file=True`` (command line:
+``--trust-model-file``); without it no path recorded in the JSON is opened, stat'ed
+or hashed. With it, an exception the factory raises (``SystemExit`` too) becomes an
+`ArtifactSourceError` naming the factory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import fx
 
 from edgeq import __version__
+from edgeq.artifact.architecture import ArchitectureError, describe, rebuild
 from edgeq.artifact.errors import ArtifactError, ArtifactSourceError
 from edgeq.artifact.fit import (
     check_layers,
@@ -84,19 +90,17 @@ def _sha256(path: Path) -> str:
 def save(qmodel: QuantizedModel, path: str | Path) -> Path:
     """Write ``qmodel`` as a packed artifact folder at ``path`` (created if needed).
 
+    The architecture is recorded as data (`edgeq.artifact.architecture`) when its
+    graph allows, so loading needs no source; otherwise the recorded source rebuilds it
+    (a warning says why).
+
     Raises:
-        ArtifactError: the model has no recorded source (build it with
-            `edgeq.load_model`, or set ``model.edgeq_source``).
+        ArtifactError: the graph cannot be recorded and the model has no recorded
+            source (build it with `edgeq.load_model`, or set ``model.edgeq_source``).
         StateError: the model is still in the training state (`edgeq.convert` it).
     """
     require_converted(qmodel.module, "saving")
-    if qmodel.source is None:
-        raise ArtifactError(
-            "cannot save: the model's architecture source is unknown. Load it with "
-            "edgeq.load_model('torchvision:NAME' or 'package.module:factory'), or set "
-            "model.edgeq_source = {'kind': 'factory', 'ref': 'package.module:factory'} "
-            "before edgeq.quantize"
-        )
+    architecture = _architecture(qmodel)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     gm = qmodel.module
@@ -135,6 +139,7 @@ def save(qmodel: QuantizedModel, path: str | Path) -> Path:
         "schema_version": SCHEMA_VERSION,
         "edgeq_version": __version__,
         "source": qmodel.source,
+        "architecture": architecture,
         "config": qmodel.config.to_dict(),
         "layers": layers,
         "tensors_sha256": _sha256(tensors_path),
@@ -142,6 +147,33 @@ def save(qmodel: QuantizedModel, path: str | Path) -> Path:
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     write_atomic(out / META, lambda tmp: Path(tmp).write_text(text))
     return out
+
+
+def _architecture(qmodel: QuantizedModel) -> dict[str, Any] | None:
+    """The architecture record to save: kept from the artifact this model was loaded
+    from, else described from its float graph; None (with a warning) when the graph
+    cannot be recorded but a source can rebuild it."""
+    if qmodel.architecture is not None:
+        return qmodel.architecture
+    reason = "the float graph is not kept (QuantizedModel.float_module is None)"
+    if qmodel.float_module is not None:
+        try:
+            return describe(qmodel.float_module)
+        except ArchitectureError as e:
+            reason = str(e)
+    if qmodel.source is None:
+        raise ArtifactError(
+            f"cannot save: the architecture cannot be recorded ({reason}) and the "
+            "model's source is unknown. Load it with edgeq.load_model('torchvision:NAME' "
+            "or 'package.module:factory'), or set model.edgeq_source = {'kind': "
+            "'factory', 'ref': 'package.module:factory'} before edgeq.quantize"
+        )
+    warnings.warn(
+        f"edgeq.save: the architecture is not recorded ({reason}); loading rebuilds it "
+        f"from its source ({qmodel.source.get('kind')})",
+        stacklevel=3,
+    )
+    return None
 
 
 def load(path: str | Path, *, trust_model_file: bool = False) -> QuantizedModel:
@@ -175,7 +207,7 @@ def load(path: str | Path, *, trust_model_file: bool = False) -> QuantizedModel:
     check_run_complete(folder.parent if folder.name == "model" else folder)
     meta = read_meta(folder, trust_model_file=trust_model_file)
     tensors = _read_tensors(folder / TENSORS, meta.tensors_sha256)
-    gm, report = _rebuild(meta)
+    gm, report = _rebuild(meta, max_numel=4 * (folder / TENSORS).stat().st_size + 2**20)
     at = At(str(folder / TENSORS))
     layers = _layers(gm, quantized_only=False)
     check_layers(meta, layers)  # float16 artifacts list none
@@ -197,7 +229,10 @@ def load(path: str | Path, *, trust_model_file: bool = False) -> QuantizedModel:
             raise ArtifactError(
                 f"{meta.path}: cannot restore the levels ({type(e).__name__}: {e})"
             ) from e
-    return QuantizedModel(gm, None, meta.config, report, 0.0, dict(meta.source))
+    source = dict(meta.source) if meta.source is not None else None
+    return QuantizedModel(
+        gm, None, meta.config, report, 0.0, source, architecture=meta.architecture
+    )
 
 
 def _read_tensors(path: Path, digest: str) -> dict[str, torch.Tensor]:
@@ -211,15 +246,27 @@ def _read_tensors(path: Path, digest: str) -> dict[str, torch.Tensor]:
         raise ArtifactError(f"{path}: not a readable safetensors file ({e})") from e
 
 
-def _rebuild(meta: Meta) -> tuple[fx.GraphModule, PlacementReport]:
-    """The source's architecture, captured and rewritten for the config (trust was
-    checked with the JSON)."""
+def _rebuild(meta: Meta, *, max_numel: int) -> tuple[fx.GraphModule, PlacementReport]:
+    """The recorded architecture (else the source's, captured: trust was checked with
+    the JSON), rewritten for the config.
+
+    ``max_numel``: a bound on the recorded graph's values from the tensors file's size
+    (every float weight is stored, in 2 bits at least)."""
+    if meta.architecture is not None:
+        float_gm = rebuild(
+            meta.architecture, At(str(meta.path), "architecture"), max_numel=max_numel
+        )
+    else:
+        assert meta.source is not None  # read_meta requires one of them
+        try:
+            model = build_from_source(meta.source, trust_model_file=True)
+        except ModelLoadError as e:
+            raise ArtifactSourceError(f"{meta.path}: source: {e}") from e
+        float_gm = None
     try:
-        model = build_from_source(meta.source, trust_model_file=True)
-    except ModelLoadError as e:
-        raise ArtifactSourceError(f"{meta.path}: source: {e}") from e
-    try:
-        return rewrite(fold_batchnorm(capture(model)), meta.config)
+        if float_gm is None:
+            float_gm = fold_batchnorm(capture(model))
+        return rewrite(float_gm, meta.config)
     except Exception as e:  # capture and placement raise several types
         raise ArtifactError(
             f"{meta.path}: config does not apply to the rebuilt model ({type(e).__name__}: {e})"

@@ -7,9 +7,11 @@ type and range, and every failure is an `ArtifactError` naming the key path
 checked for form here; `edgeq.artifact.fit` compares them with the rebuilt model,
 the real oracle, before any tensor is allocated from them.
 
-A source that would import a module (``factory``) or read a model file
-(``torchscript``, ``exported_program``) is refused unless the caller passed
-``trust_model_file=True``; the refusal happens before any path in the JSON is
+An artifact that records its architecture as data (schema 3) needs no source: its
+source is only checked for form, never built. Without that record (schema 2, or a graph
+that could not be recorded), a source that would import a module (``factory``) or read
+a model file (``torchscript``, ``exported_program``) is refused unless the caller
+passed ``trust_model_file=True``; the refusal happens before any path in the JSON is
 opened, stat'ed or hashed.
 """
 
@@ -28,7 +30,9 @@ from edgeq.quant.packing import PACKABLE_BITS
 
 FORMAT = "edgeq-packed"
 # 2: layers and integer ops hold no copies of their quantizers' scales (shared)
-SCHEMA_VERSION = 2
+# 3: the architecture recorded as data ("architecture", or null: rebuilt from "source")
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 META = "edgeq.json"
 # what pack_bits stores and QuantSpec's integer grids allow (2 to 16 bits)
 STORED_BITS = tuple(b for b in PACKABLE_BITS if b >= 2)
@@ -80,10 +84,11 @@ class Meta:
     """A checked ``edgeq.json``."""
 
     path: Path
-    source: dict[str, Any]
+    source: dict[str, Any] | None
     config: PTQConfig
     layers: dict[str, LayerInfo]
     tensors_sha256: str
+    architecture: dict[str, Any] | None = None  # checked when rebuilt (`architecture`)
 
 
 def get(d: dict[str, Any], key: str, at: At) -> tuple[Any, At]:
@@ -139,12 +144,13 @@ def read_meta(folder: Path, *, trust_model_file: bool) -> Meta:
     if fmt != FORMAT:
         at_fmt.bad(fmt, repr(FORMAT))
     version = get(meta, "schema_version", at)[0]
-    if type(version) is not int or version != SCHEMA_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise ArtifactError(
-            f"{path}: schema_version {show(version)}; this edgeq reads {SCHEMA_VERSION}"
+            f"{path}: schema_version {show(version)}; this edgeq reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
             + (
                 " (an artifact of an older edgeq: quantize again to rewrite it)"
-                if type(version) is int and version < SCHEMA_VERSION
+                if type(version) is int and version < min(READABLE_VERSIONS)
                 else ""
             )
         )
@@ -152,12 +158,24 @@ def read_meta(folder: Path, *, trust_model_file: bool) -> Meta:
     digest = as_str(*get(meta, "tensors_sha256", at))
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         at.child("tensors_sha256").bad(digest, "64 lowercase hex digits")
+    architecture = None
+    if version >= 3:
+        value, at_arch = get(meta, "architecture", at)
+        architecture = None if value is None else as_dict(value, at_arch)
+    source_value, at_source = get(meta, "source", at)
+    if architecture is None:
+        source = check_source(source_value, at_source, trust=trust_model_file)
+    elif source_value is None:
+        source = None
+    else:  # recorded for information: checked for form, never built, so no trust needed
+        source = check_source(source_value, at_source, trust=True)
     return Meta(
         path=path,
-        source=check_source(*get(meta, "source", at), trust=trust_model_file),
+        source=source,
         config=parse_config(*get(meta, "config", at)),
         layers=parse_layers(*get(meta, "layers", at)),
         tensors_sha256=digest,
+        architecture=architecture,
     )
 
 

@@ -50,6 +50,9 @@ class QuantizedModel:
     # {candidate: output SQNR against float}, "bias_corrected_layers", ...) and how
     # long each phase took ("seconds"); empty when nothing was calibrated
     calibration: dict = field(default_factory=dict)
+    # the float graph as data (`edgeq.artifact.architecture`), when loaded from an
+    # artifact that recorded it: saving again writes it back
+    architecture: dict | None = None
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.module(*inputs)
