@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 import zipfile
 
@@ -116,6 +117,11 @@ def test_artifact_from_a_model_file_round_trips_and_refuses_a_changed_file(tmp_p
     with torch.no_grad():
         assert torch.equal(restored(x), qm(x))
     path.write_bytes(path.read_bytes() + b"\0")
+    # the artifact records the lifted graph: the model file is not read again
+    assert torch.equal(edgeq.load(tmp_path / "art")(x), qm(x))
+    # without that record (schema 2) the file rebuilds it, and a changed file is refused
+    meta_path = tmp_path / "art" / "edgeq.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "architecture": None}))
     with pytest.raises(ModelLoadError, match="changed since"):
         edgeq.load(tmp_path / "art", trust_model_file=True)
 

@@ -3,6 +3,7 @@ torch.export, dynamically quantized, exported and run in ONNX Runtime."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -101,6 +102,10 @@ def test_hf_prefix_loads_quantizes_and_round_trips_with_trust(tmp_path, monkeypa
     ids, mask = tokens["input_ids"], tokens["attention_mask"]
     qm = edgeq.quantize(model, [], edgeq.PTQConfig(mode="dynamic"))
     folder = edgeq.save(qm, tmp_path / "art")
+    with torch.no_grad():  # the graph is recorded: the model folder is not read again
+        assert torch.equal(edgeq.load(folder)(ids, mask), qm(ids, mask))
+    meta_path = folder / "edgeq.json"  # without the record (schema 2), the folder is read
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "architecture": None}))
     with pytest.raises(ArtifactError, match="read the Hugging Face model folder"):
         edgeq.load(folder)  # the folder it names is read only with trust
     with torch.no_grad():

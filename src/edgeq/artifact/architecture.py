@@ -221,6 +221,24 @@ def _decode_pairs(
 # ---------------------------------------------------------------- modules
 
 
+def _init_parameters(cls: type[nn.Module]) -> dict[str, inspect.Parameter]:
+    """The named constructor parameters of ``cls``. A class that forwards ``*args,
+    **kwargs`` (``nn.LSTM``) takes its base's (``RNNBase``), less the ``mode`` the
+    subclass passes itself."""
+    for klass in cls.__mro__:
+        params = inspect.signature(klass.__init__).parameters  # type: ignore[misc]
+        named = {
+            k: p
+            for k, p in params.items()
+            if k not in _SKIPPED_INIT and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
+        if named or not any(p.kind is p.VAR_POSITIONAL for p in params.values()):
+            if klass is nn.RNNBase and cls is not nn.RNNBase:
+                named.pop("mode", None)
+            return named
+    return {}
+
+
 def _init_arguments(m: nn.Module, where: str) -> dict[str, Any]:
     """The constructor arguments that rebuild ``m``, read from its attributes."""
     cls = type(m)
@@ -230,9 +248,7 @@ def _init_arguments(m: nn.Module, where: str) -> dict[str, Any]:
             "(an artifact records torch.nn modules only)"
         )
     args: dict[str, Any] = {}
-    for name, p in inspect.signature(cls.__init__).parameters.items():
-        if name in _SKIPPED_INIT or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
+    for name, p in _init_parameters(cls).items():
         if name in m._parameters or name in m._buffers:  # bias=True: a tensor is present
             value: Any = (m._parameters.get(name, m._buffers.get(name))) is not None
         elif hasattr(m, name) and not isinstance(getattr(m, name), torch.Tensor | nn.Module):
@@ -432,8 +448,8 @@ def _module_from(spec: object, at: At) -> nn.Module:
         as_str(k, at_init): _decode(v, at_init.child(k), None)
         for k, v in as_dict(init, at_init).items()
     }
-    params = inspect.signature(cls.__init__).parameters
-    unknown = [k for k in args if k not in params or k in _SKIPPED_INIT]
+    params = _init_parameters(cls)
+    unknown = [k for k in args if k not in params]
     if unknown:
         at_init.child(unknown[0]).fail(f"not an argument of {type_name}")
     try:
