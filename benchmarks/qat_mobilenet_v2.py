@@ -36,7 +36,6 @@ from edgeq.graph.states import to_training
 from edgeq.models import mobilenet_v2_weights_path
 from edgeq.ptq.config import LayerOverride
 from edgeq.runtime import machine_info, ort_session
-from edgeq.train.deployed import train_on_deployed_values
 from edgeq.train.distill import DistillationObjective, DistillConfig
 from edgeq.train.engine import TrainConfig, TrainData, fit
 from edgeq.train.qat import parameter_groups
@@ -131,8 +130,6 @@ def _qat(model, xt, yt, xv, yv, ref, bits, args, log) -> dict:
     calib = [xt[i : i + 32] for i in range(0, CALIB, 32)]
     t0 = time.perf_counter()
     qm = edgeq.prepare_qat(model, calib, _configs(bits))
-    if args.deployed_values:
-        train_on_deployed_values(qm.module)
     objective, cfg, groups = distill_training(model, qm, xt[:2], args, label_weight=args.ce)
     curve = []
 
@@ -190,11 +187,6 @@ def main() -> None:
         action="store_true",
         help="random resized crops and flips (off: on 1000 images they did not help)",
     )
-    parser.add_argument(
-        "--deployed-values",
-        action="store_true",
-        help="train on the converted model's values (edgeq.train.deployed)",
-    )
     parser.add_argument("--bits", default="4,8")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
@@ -234,12 +226,6 @@ def main() -> None:
         "fp32_train_step": _images_per_s(fp32_train, xt),
         "qat_train_step": _images_per_s(qm_cost.module, xt),
     }
-    if args.deployed_values:
-        handle = train_on_deployed_values(qm_cost.module)
-        results["images_per_s"]["qat_deployed_values_train_step"] = _images_per_s(
-            qm_cost.module, xt
-        )
-        handle.remove()
     log(f"train step images/s: {results['images_per_s']}")
 
     results["qat"] = {}
