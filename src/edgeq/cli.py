@@ -38,6 +38,7 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from edgeq.artifact import ArtifactError
     from edgeq.data.images import DataError
+    from edgeq.evaluate.classification import NotAClassifierError
     from edgeq.export.onnx_qdq import ExportError
     from edgeq.graph.capture import CaptureError
     from edgeq.graph.states import StateError
@@ -66,6 +67,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         TrainingError,  # a NaN loss, a checkpoint of another model (naming the step, file)
         DistillationError,
         StateError,  # a learned scale that cannot be deployed
+        NotAClassifierError,  # top-1 asked of a model with several outputs
         FileNotFoundError,
     )
 

@@ -65,20 +65,53 @@ METRICS: dict[str, Metric] = {
 }
 
 
+class NotAClassifierError(ValueError):
+    """Classification scoring was given a model without one image input and one
+    logits output (names what it has)."""
+
+
 def as_predictor(model: Any, *, threads: int = 2) -> Predictor:
-    """Turn an ONNX path, a `QuantizedModel` or an ``nn.Module`` into batch -> logits."""
+    """Turn an ONNX path, a `QuantizedModel` or an ``nn.Module`` into batch -> logits.
+
+    Raises:
+        NotAClassifierError: the model has several inputs or outputs (an ONNX file: on
+            loading; a module: on its first batch), or its output is not a tensor of
+            shape (N, classes). Top-1 of one output of a detector would be no figure.
+    """
     if isinstance(model, str | Path):
         from edgeq.runtime import ort_session
 
         sess = ort_session(model, threads=threads)
-        name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: x.numpy()})[0]
+        inputs, outputs = sess.get_inputs(), sess.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise NotAClassifierError(
+                f"{model}: classification scoring needs one input and one logits output; "
+                f"this model has inputs {[i.name for i in inputs]} and outputs "
+                f"{[o.name for o in outputs]}"
+            )
+        name = inputs[0].name
+        return lambda x: _logits(sess.run(None, {name: x.numpy()})[0], str(model))
 
     def run(x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            return model(x).detach().numpy()
+            out = model(x)
+        if not isinstance(out, torch.Tensor):
+            raise NotAClassifierError(
+                f"{type(getattr(model, 'module', model)).__name__}: classification scoring "
+                f"needs one logits tensor; the model returns a {type(out).__name__}"
+            )
+        return _logits(out.detach().numpy(), type(model).__name__)
 
     return run
+
+
+def _logits(y: np.ndarray, where: str) -> np.ndarray:
+    if y.ndim != 2:
+        raise NotAClassifierError(
+            f"{where}: classification scoring needs logits of shape (N, classes); the "
+            f"output has shape {tuple(y.shape)}"
+        )
+    return y
 
 
 def predict(
