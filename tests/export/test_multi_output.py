@@ -340,3 +340,28 @@ def test_unflatten_checks_the_number_of_arrays():
         unflatten_outputs(gm, [np.zeros(3)])
     with pytest.raises(ValueError, match=r"no array for the outputs \['output_1'\]"):
         unflatten_outputs(gm, {"output_0": np.zeros(3)})
+
+
+@pytest.mark.filterwarnings(FLOAT_OPS)
+def test_a_dict_output_keeps_its_keys_through_torch_export_capture(tmp_path):
+    """capture="export" lifts an ATen graph that returns a flat tuple; the program's
+    output structure is rebuilt around it, so the names are the keys, as with fx."""
+    from edgeq.graph.lift import export_and_lift
+
+    torch.manual_seed(0)
+    model = BoxesScores().eval()
+    x = _inputs([(3, 8, 8)], 4, seed=0)[0]
+    lifted = export_and_lift(model, (x,))
+    out = lifted(x)
+    assert isinstance(out, dict)
+    assert list(out) == ["boxes", "scores"]
+    assert torch.allclose(out["scores"], model(x)["scores"], atol=1e-6)
+    qm = edgeq.quantize(lifted, [x])
+    path, session = _export(qm, tmp_path, [(3, 8, 8)], quantized=True)
+    assert [o.name for o in onnx.load(path).graph.output] == ["boxes", "scores"]
+    arrays = session.run(None, _feeds(session, (x,)))
+    with torch.no_grad():
+        sim = qm.module(x)
+    bound = _accumulator_steps("boxes")(qm)  # float output: summation order only
+    assert float(np.max(np.abs(arrays[0] - sim["boxes"].numpy()) / bound)) <= 1.0
+    assert arrays[1].shape == tuple(sim["scores"].shape)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import fx, nn
 
 aten = torch.ops.aten
@@ -387,9 +388,14 @@ _HANDLERS: dict[Any, Handler] = {
 }
 
 
-def lift_aten(gm: fx.GraphModule) -> fx.GraphModule:
+def lift_aten(gm: fx.GraphModule, out_spec: pytree.TreeSpec | None = None) -> fx.GraphModule:
     """Rebuild ``gm`` (the ``module()`` of an ExportedProgram: ATen ops on
     ``get_attr`` parameters) as a GraphModule of modules and torch functions.
+
+    ``out_spec``: the program's output structure (``call_spec.out_spec``). Its graph
+    returns a flat tuple; a structure of tuples, lists and dicts of tensors is rebuilt
+    around it, so the lifted model returns what the model returned (a dict keeps its
+    keys, which name the ONNX outputs). Other containers stay flat.
 
     Raises:
         LiftError: a layer's weight is computed rather than stored.
@@ -406,7 +412,9 @@ def lift_aten(gm: fx.GraphModule) -> fx.GraphModule:
             continue
         elif node.op == "output":
             out = node.args[0]
-            if isinstance(out, tuple | list) and len(out) == 1:
+            if out_spec is not None and _plain_containers(out_spec):
+                out = pytree.tree_unflatten(list(out), out_spec)
+            elif isinstance(out, tuple | list) and len(out) == 1:
                 out = out[0]
             lifter.graph.output(fx.map_arg(out, lambda n: _resolve(lifter.env[n])))
         elif node.target is operator.getitem and isinstance(lifter.env.get(node.args[0]), tuple):
@@ -426,6 +434,13 @@ def lift_aten(gm: fx.GraphModule) -> fx.GraphModule:
     lifted.graph.lint()
     lifted.recompile()
     return lifted.eval()
+
+
+def _plain_containers(spec: pytree.TreeSpec) -> bool:
+    """A structure of tuples, lists and dicts only (leaves are the tensors)."""
+    if spec.is_leaf():
+        return True
+    return spec.type in (tuple, list, dict) and all(_plain_containers(c) for c in spec.children())
 
 
 class _Deferred:
@@ -555,7 +570,7 @@ def export_and_lift(
         ) from e
     # fold first: a layer's weight or bias computed from parameters alone (Swin V2's
     # concatenated qkv bias) becomes a stored tensor the lift can turn into a module
-    lifted = lift_aten(fold_constants(program.module(), example))
+    lifted = lift_aten(fold_constants(program.module(), example), program.call_spec.out_spec)
     for node in lifted.graph.nodes:
         if node.op == "placeholder" and node.name in axes:
             node.meta[AXES_META] = dict(axes[node.name])

@@ -98,7 +98,7 @@ def load_model_file(
         module = program.module()
         if example:
             module = fold_constants(module, example)
-        return lift_aten(module)
+        return lift_aten(module, program.call_spec.out_spec)
     except LiftError as e:
         raise ModelFileError(f"{path}: {e}") from e
 
