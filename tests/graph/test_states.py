@@ -78,15 +78,16 @@ def test_lsq_scale_gradient_matches_finite_differences_of_the_smoothed_loss():
     assert float(q.scale.grad) == pytest.approx(float(per.sum()) * g, rel=1e-5)
 
 
-def _trained_tiny(steps: int = 3, bits: int = 8):
+def _trained_tiny(steps: int = 3, bits: int = 8, *, zero_points: bool = False):
     model, x = _model_and_data()
     cfg = edgeq.PTQConfig()
     if bits != 8:
         import dataclasses
 
         cfg = dataclasses.replace(cfg, weight=dataclasses.replace(cfg.weight, bits=bits))
-    qm = edgeq.prepare_qat(model, [x[:8], x[8:]], cfg)
-    opt = torch.optim.Adam(parameter_groups(qm.module, weight_decay=0.0, scale_lr=1e-5), lr=1e-3)
+    qm = edgeq.prepare_qat(model, [x[:8], x[8:]], cfg, learn_zero_points=zero_points)
+    groups = parameter_groups(qm.module, weight_decay=0.0, scale_lr=1e-5, zero_point_lr=0.3)
+    opt = torch.optim.Adam(groups, lr=1e-3)
     target = model(x).detach()
     for _ in range(steps):
         opt.zero_grad()
@@ -100,10 +101,14 @@ def test_every_parameter_of_a_prepared_model_gets_a_gradient():
     qm = edgeq.prepare_qat(model, [x[:8], x[8:]])
     assert training_modules(qm.module)
     qm.module(x).square().mean().backward()
-    params = dict(qm.module.named_parameters())
+    params = {n: p for n, p in qm.module.named_parameters() if p.requires_grad}
     assert any(n.endswith(".scale") for n in params)  # activation scales are parameters
     missing = [n for n, p in params.items() if p.grad is None or not bool(p.grad.abs().sum())]
     assert missing == [], missing
+    # only the LSQ+ zero points stay frozen by default
+    frozen = [n for n, p in qm.module.named_parameters() if not p.requires_grad]
+    assert frozen
+    assert all(n.endswith("zero_point_float") for n in frozen)
     # the integer ops pass gradients in training (they blocked them before)
     mods = dict(qm.module.named_modules())
     assert any(isinstance(m, QuantAdd) for m in mods.values())
@@ -201,3 +206,43 @@ def test_weight_only_qat_trains_weights_and_their_scales():
     qm.module(x).square().mean().backward()
     layers = [m for m in qm.module.modules() if isinstance(m, QuantConv2d | QuantLinear)]
     assert all(m.weight.grad is not None and m.weight_scale.grad is not None for m in layers)
+
+
+def test_learned_zero_points_move_on_the_integer_grid_and_deploy_bit_exact(tmp_path):
+    """LSQ+: the asymmetric quantizers' zero points train (as floats, rounded in the
+    forward); convert writes the rounded values back, ONNX Runtime runs them bit-exact,
+    and the artifact carries them."""
+    before, _, _ = _trained_tiny(steps=0, zero_points=True)
+    start = {
+        n: int(m.zero_point)
+        for n, m in before.module.named_modules()
+        if isinstance(m, ActivationQuantizer)
+    }
+    qm, model, x = _trained_tiny(steps=0, zero_points=True)
+    groups = parameter_groups(qm.module, weight_decay=0.0, scale_lr=1e-5, zero_point_lr=0.3)
+    opt = torch.optim.Adam(groups, lr=1e-4)
+    wide = x * 3  # beyond the calibrated ranges: values saturate, zero points get a gradient
+    target = model(wide).detach()
+    for _ in range(8):
+        opt.zero_grad()
+        ((qm.module(wide) - target) ** 2).mean().backward()
+        opt.step()
+    quants = {n: m for n, m in qm.module.named_modules() if isinstance(m, ActivationQuantizer)}
+    learned = {n for n, m in quants.items() if m.zero_point_float.requires_grad}
+    assert learned  # the input and the residual sum are asymmetric
+    assert learned == {n for n, m in quants.items() if m.learns_zero_point}
+    assert all(float(quants[n].zero_point_float.grad.abs()) > 0 for n in learned)
+    edgeq.convert(qm)
+    moved = [n for n in learned if int(quants[n].zero_point) != start[n]]
+    assert moved, "a zero point at lr 0.3 levels/step should move in 8 steps"
+    for n in learned:
+        z = quants[n].zero_point_float
+        assert int(quants[n].zero_point) == int(torch.round(z.clamp(0, 255)))
+    assert all(int(quants[n].zero_point) == start[n] for n in set(quants) - learned)
+    path = edgeq.export_onnx(qm, tmp_path / "q.onnx", x[:1])
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_array_equal(sess.run(None, {"input": x.numpy()})[0], qm(x).numpy())
+    loaded = edgeq.load(edgeq.save(qm, tmp_path / "m"))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qm(x))

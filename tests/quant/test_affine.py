@@ -318,3 +318,18 @@ def test_lsq_passes_the_gradient_of_values_that_round_onto_a_limit():
     assert x.grad.tolist() == [1.0, 1.0, 0.0]
     # d/ds: (0 - 0.4) + (3 - 3.2) + 3 (saturated at qmax)
     assert float(s.grad) == pytest.approx(-0.4 - 0.2 + 3.0, abs=1e-6)
+
+
+def test_a_learned_zero_point_gets_the_lsq_plus_gradient_known_answer():
+    """d out / d z: 0 for values inside the range, -s where they saturate, times the
+    gradient scale; the forward uses round(z)."""
+    spec = QuantSpec(bits=8, signed=False, symmetric=False)
+    s = torch.tensor(0.5)
+    z = torch.tensor(10.4, requires_grad=True)
+    x = torch.tensor([-20.0, -4.0, 0.0, 3.0, 200.0])  # levels -30, 2, 10, 16, 410
+    y = lsq_fake_quantize(x, s, z, spec, grad_scale=0.25)
+    ref = fake_quantize(x, s, torch.tensor(10), spec)
+    assert torch.equal(y.detach(), ref)
+    y.backward(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
+    # saturated: x=-20 (level 0) and x=200 (level 255): -(1 + 5) * s * 0.25
+    assert float(z.grad) == pytest.approx(-(1.0 + 5.0) * 0.5 * 0.25)

@@ -73,6 +73,12 @@ def prepare_layers(meta: Meta, layers: dict[str, Layer]) -> None:
             m.bias = torch.nn.Parameter(torch.zeros(info.shape[0]))
 
 
+def stored_key(key: str) -> bool:
+    """A state-dict entry the artifact stores: not an observer's statistics, not the
+    training state's float zero point (the integer one is stored; `load` copies it)."""
+    return ".observer." not in f".{key}" and not key.endswith("zero_point_float")
+
+
 def expected_tensors(gm: fx.GraphModule, meta: Meta, layers: dict[str, Layer]) -> Expected:
     """Name -> (dtype, shape) of every tensor the file must hold, as `save` writes."""
     float16 = meta.config.mode is Mode.FLOAT16
@@ -88,7 +94,7 @@ def expected_tensors(gm: fx.GraphModule, meta: Meta, layers: dict[str, Layer]) -
             skip.add(f"{name}.bias")
             out[f"{name}.bias_q"] = (torch.int32, (m.weight.shape[0],))
     for key, value in gm.state_dict().items():
-        if key in skip or ".observer." in f".{key}":
+        if key in skip or not stored_key(key):
             continue
         dtype = torch.float16 if float16 and value.is_floating_point() else value.dtype
         out[key] = (dtype, tuple(value.shape))

@@ -48,6 +48,7 @@ from edgeq.artifact.fit import (
     check_tensors,
     expected_tensors,
     prepare_layers,
+    stored_key,
 )
 from edgeq.artifact.validate import FORMAT, META, SCHEMA_VERSION, At, Meta, read_meta
 from edgeq.atomic import write_atomic
@@ -127,7 +128,7 @@ def save(qmodel: QuantizedModel, path: str | Path) -> Path:
         }
     float16 = qmodel.config.mode is Mode.FLOAT16
     for key, value in gm.state_dict().items():
-        if key in skip or ".observer." in f".{key}":
+        if key in skip or not stored_key(key):
             continue
         if float16 and value.is_floating_point():
             value = value.half()  # exact: quantize rounded every float to float16
@@ -284,6 +285,7 @@ def _restore_levels(
     for m in gm.modules():
         if isinstance(m, ActivationQuantizer):
             m.observing = False
+            m.zero_point_float.copy_(m.zero_point.float())
     # levels last (the bias levels' scale is the input quantizer's, loaded above); layers
     # inside other modules (an LSTM's products) are not graph nodes but are stored too
     for name, info in meta.layers.items():

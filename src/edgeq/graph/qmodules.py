@@ -100,6 +100,10 @@ class ActivationQuantizer(nn.Module):
         self.observer = RangeObserver(spec, name=name)
         self.scale = nn.Parameter(torch.ones(()), requires_grad=False)
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
+        # the zero point as LSQ+ learns it (a float, rounded in the forward); equal to
+        # ``zero_point`` until training moves it, written back by `edgeq.convert`.
+        # Training state only: artifacts store ``zero_point``
+        self.zero_point_float = nn.Parameter(torch.zeros(()), requires_grad=False)
         self.observing = True
         self.enabled = True
         self.state = QState.CONVERTED
@@ -114,7 +118,13 @@ class ActivationQuantizer(nn.Module):
         scale, zp = choose_qparams(lo.reshape(()), hi.reshape(()), self.spec)
         self.scale.copy_(scale)
         self.zero_point.copy_(zp)
+        self.zero_point_float.copy_(zp.float())
         self.observing = False
+
+    @property
+    def learns_zero_point(self) -> bool:
+        """Asymmetric and not pinned at 0 by a ReLU before it: LSQ+ can move it."""
+        return not self.spec.symmetric and not self.nonnegative
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
@@ -123,7 +133,10 @@ class ActivationQuantizer(nn.Module):
             return x
         if self.state is QState.TRAIN:
             scale = torch.clamp(self.scale, min=_MIN_SCALE)
-            return lsq_fake_quantize(x, scale, self.zero_point, self.spec)
+            zp = self.zero_point
+            if self.zero_point_float.requires_grad:
+                zp = torch.clamp(self.zero_point_float, self.spec.qmin, self.spec.qmax)
+            return lsq_fake_quantize(x, scale, zp, self.spec)
         # converted: QuantizeLinear -> DequantizeLinear, bit-exact, in four passes
         # (NaN stays NaN; calibration already rejected non-finite activations)
         s = self.scale.detach()

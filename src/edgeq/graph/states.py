@@ -30,13 +30,18 @@ def _quantized_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def to_training(model: nn.Module, *, learn_scales: bool = True) -> nn.Module:
+def to_training(
+    model: nn.Module, *, learn_scales: bool = True, learn_zero_points: bool = False
+) -> nn.Module:
     """Put every quantized module of ``model`` in `QState.TRAIN`, in place.
 
     Args:
         model: a calibrated quantized model (``QuantizedModel.module``).
         learn_scales: the weight and activation scales are trained with LSQ's
             gradient (Esser et al. 2019); False keeps them fixed (plain STE).
+        learn_zero_points: the zero points of asymmetric activation quantizers not
+            pinned at 0 by a ReLU are trained too (LSQ+, Bhalgat et al. 2020), as
+            floats rounded in the forward; `convert` writes the rounded values back.
 
     Returns:
         ``model``, whose weights, biases (and scales) require grad.
@@ -49,6 +54,7 @@ def to_training(model: nn.Module, *, learn_scales: bool = True) -> nn.Module:
             if m.observing:
                 raise StateError(f"{name}: not calibrated; quantize the model first")
             m.scale.requires_grad_(learn_scales)
+            m.zero_point_float.requires_grad_(learn_zero_points and m.learns_zero_point)
         elif isinstance(m, _WeightQuantMixin):
             m.weight.requires_grad_(True)
             if m.bias is not None:
@@ -81,6 +87,11 @@ def convert(model: nn.Module) -> nn.Module:
                     f"{name}.{what}: training left a scale that is not finite and positive "
                     f"(min {float(s.min()):.3g}); lower the learning rate of the scales"
                 )
+        if isinstance(m, ActivationQuantizer) and m.zero_point_float.requires_grad:
+            z = m.zero_point_float
+            if not bool(torch.isfinite(z)):
+                raise StateError(f"{name}.zero_point_float: training left {float(z)}")
+            m.zero_point.copy_(torch.round(z.clamp(m.spec.qmin, m.spec.qmax)).to(torch.int32))
         m.state = QState.CONVERTED  # type: ignore[assignment]
         for p in m.parameters(recurse=False):
             p.requires_grad_(False)

@@ -179,7 +179,10 @@ def lsq_fake_quantize(
     quantization; 0 where it saturates); ``d out / d scale`` is ``round(x/s) - x/s``
     inside the range and ``qmin - z`` or ``qmax - z`` where it saturates; the scale
     gradient is multiplied by ``grad_scale`` (default ``1 / sqrt(numel_per_scale *
-    qmax)``, the paper's choice). The zero point gets no gradient.
+    qmax)``, the paper's choice). An integer zero point gets no gradient; a float one
+    that requires grad is learned as in LSQ+ (Bhalgat et al. 2020), on the integer grid:
+    the forward uses ``round(z)`` (straight through), and ``d out / d z`` is 0 inside
+    the range and ``-s`` where it saturates, times ``grad_scale``.
 
     Per-tensor and per-channel scales run as one fused autograd function (a few
     in-place passes, only ``x`` kept for backward: training a quantized network is
@@ -188,7 +191,7 @@ def lsq_fake_quantize(
     """
     if grad_scale is None:
         grad_scale = _lsq_grad_scale(x, scale, spec)
-    if spec.granularity is Granularity.PER_GROUP:
+    if spec.granularity is Granularity.PER_GROUP or zero_point.requires_grad:
         return lsq_fake_quantize_reference(x, scale, zero_point, spec, grad_scale=grad_scale)
     s = expand_param(scale, spec, x)
     z = expand_param(zero_point.to(x.dtype), spec, x)
@@ -252,6 +255,8 @@ def lsq_fake_quantize_reference(
     if grad_scale is None:
         grad_scale = _lsq_grad_scale(x, scale, spec)
     s = expand_param(scale_gradient(scale, grad_scale), spec, x)
+    if zero_point.requires_grad:  # LSQ+: learned on the integer grid
+        zero_point = scale_gradient(round_ste(zero_point), grad_scale)
     z = expand_param(zero_point.to(x.dtype), spec, x)
     t = round_ste(x / s) + z
     # clip with the gradient passing on the limits themselves (a value rounding onto

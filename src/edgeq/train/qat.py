@@ -34,6 +34,7 @@ def prepare_qat(
     config: PTQConfig | None = None,
     *,
     learn_scales: bool = True,
+    learn_zero_points: bool = False,
     progress: bool = False,
 ) -> QuantizedModel:
     """Quantize ``model`` with PTQ, then put it in the training state.
@@ -45,6 +46,8 @@ def prepare_qat(
             dynamic have nothing to train here.
         learn_scales: train weight and activation scales with LSQ; False keeps the
             PTQ scales (plain straight-through estimator).
+        learn_zero_points: train the zero points of asymmetric activations too
+            (LSQ+; see `edgeq.graph.states.to_training`).
         progress: a progress bar for calibration.
 
     Returns:
@@ -59,7 +62,7 @@ def prepare_qat(
         allowed = [m.value for m in QAT_MODES]
         raise SpecError(f"mode={config.mode.value!r}: QAT trains {allowed} models")
     qmodel = quantize(model, calib_data, config, progress=progress)
-    to_training(qmodel.module, learn_scales=learn_scales)
+    to_training(qmodel.module, learn_scales=learn_scales, learn_zero_points=learn_zero_points)
     return qmodel
 
 
@@ -71,7 +74,11 @@ def convert(qmodel: QuantizedModel | nn.Module) -> QuantizedModel | nn.Module:
 
 
 def parameter_groups(
-    module: nn.Module, *, weight_decay: float, scale_lr: float | None = None
+    module: nn.Module,
+    *,
+    weight_decay: float,
+    scale_lr: float | None = None,
+    zero_point_lr: float | None = None,
 ) -> list[dict]:
     """The trainable parameters of a prepared model in optimizer groups: weights (with
     ``weight_decay``), the learned scales (no decay, which would shrink the steps;
@@ -82,16 +89,22 @@ def parameter_groups(
     learning rate per step, whatever its magnitude. A weight scale is ~1e-3 to 1e-2
     and weights ~1e-2 to 1: at the weights' rate a scale would halve in a few dozen
     steps (or turn negative), so scales usually train at 1e-2 of it."""
+    zero_points = {
+        id(m.zero_point_float) for m in module.modules() if isinstance(m, ActivationQuantizer)
+    }
     scales = {id(m.scale) for m in module.modules() if isinstance(m, ActivationQuantizer)} | {
         id(m.weight_scale) for m in module.modules() if isinstance(m, _WeightQuantMixin)
     }
     decay: list[nn.Parameter] = []
     scale: list[nn.Parameter] = []
     rest: list[nn.Parameter] = []
+    zps: list[nn.Parameter] = []
     for p in module.parameters():
         if not p.requires_grad:
             continue
-        if id(p) in scales:
+        if id(p) in zero_points:
+            zps.append(p)
+        elif id(p) in scales:
             scale.append(p)
         else:
             (decay if p.ndim > 1 else rest).append(p)
@@ -100,4 +113,8 @@ def parameter_groups(
         scale_group["lr"] = scale_lr
     groups = [{"params": decay, "weight_decay": weight_decay}, scale_group]
     groups.append({"params": rest, "weight_decay": 0.0})
+    zp_group: dict = {"params": zps, "weight_decay": 0.0}
+    if zero_point_lr is not None:
+        zp_group["lr"] = zero_point_lr
+    groups.append(zp_group)
     return [g for g in groups if g["params"]]
