@@ -46,6 +46,10 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--feature-weight", type=float, default=0.0)
     parser.add_argument("--augment", action="store_true")
+    parser.add_argument("--weight-lr-levels", type=float, default=0.0)
+    parser.add_argument(
+        "--zero-point-lr", type=float, default=0.0, help="LSQ+ zero points' lr (0: fixed)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -72,7 +76,7 @@ def main() -> None:
     def evaluate() -> dict[str, float]:  # the engine calls it in eval mode
         edgeq.convert(qm)
         s = score()
-        to_training(qm.module)
+        to_training(qm.module, learn_zero_points=args.zero_point_lr > 0)
         print(f"[{time.perf_counter() - t0:6.0f} s] {s}", flush=True)
         return s
 
@@ -80,7 +84,7 @@ def main() -> None:
     qm.module.eval()
     start = score()
     print(f"PTQ start: {start}", flush=True)
-    to_training(qm.module)
+    to_training(qm.module, learn_zero_points=args.zero_point_lr > 0)
     objective, cfg, groups = distill_training(model, qm, xt[:2], args)
     result = fit(
         objective,

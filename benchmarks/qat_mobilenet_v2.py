@@ -32,6 +32,7 @@ from torch import nn
 
 import edgeq
 from edgeq.data import load_labeled_images
+from edgeq.graph.qmodules import _WeightQuantMixin
 from edgeq.graph.states import to_training
 from edgeq.models import mobilenet_v2_weights_path
 from edgeq.ptq.config import LayerOverride
@@ -122,8 +123,32 @@ def distill_training(
         warmup_steps=10,
         augment=args.augment,
     )
-    groups = parameter_groups(objective, weight_decay=0.0, scale_lr=args.lr * args.scale_lr)
+    zp_lr = getattr(args, "zero_point_lr", 0.0) or None
+    groups = parameter_groups(
+        objective, weight_decay=0.0, scale_lr=args.lr * args.scale_lr, zero_point_lr=zp_lr
+    )
+    if getattr(args, "weight_lr_levels", 0.0) > 0:
+        groups = _lr_in_levels(groups, qm.module, args.weight_lr_levels)
     return objective, cfg, groups
+
+
+def _lr_in_levels(groups: list[dict], module: nn.Module, levels: float) -> list[dict]:
+    """Each quantized layer's weights in a group of their own whose learning rate is
+    ``levels`` times the layer's mean weight scale: Adam moves a weight by about its
+    learning rate per step, so every layer moves by about ``levels`` quantization steps
+    per step, whatever its bits (4-bit steps are ~16x the 8-bit ones)."""
+    layers = [m for m in module.modules() if isinstance(m, _WeightQuantMixin) and m.quantized]
+    own = {id(m.weight) for m in layers}
+    out = []
+    for g in groups:
+        rest = [p for p in g["params"] if id(p) not in own]
+        if rest:
+            out.append({**g, "params": rest})
+    decay = next(g for g in groups if any(id(p) in own for p in g["params"]))
+    for m in layers:
+        lr = levels * float(m.weight_scale.detach().mean())
+        out.append({**decay, "params": [m.weight], "lr": lr})
+    return out
 
 
 def _qat(model, xt, yt, xv, yv, ref, bits, args, log) -> dict:
@@ -186,6 +211,12 @@ def main() -> None:
         "--augment",
         action="store_true",
         help="random resized crops and flips (off: on 1000 images they did not help)",
+    )
+    parser.add_argument(
+        "--weight-lr-levels",
+        type=float,
+        default=0.0,
+        help="per-layer weight lr = this x the layer's mean weight scale (0: --lr for all)",
     )
     parser.add_argument("--bits", default="4,8")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
