@@ -31,7 +31,7 @@ from edgeq.models import mobilenet_v2_weights_path
 from edgeq.train.engine import TrainData, fit
 
 sys.path.insert(0, str(Path(__file__).parent))
-from qat_mobilenet_v2 import CALIB, _configs, _logits, distill_training
+from qat_mobilenet_v2 import CALIB, _configs, _logits, add_training_arguments, distill_training
 
 TRAIN, HOLDOUT = 800, 200
 
@@ -39,17 +39,7 @@ TRAIN, HOLDOUT = 800, 200
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("train", type=Path)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--scale-lr", type=float, default=0.01, help="scales' lr / lr")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--feature-weight", type=float, default=0.0)
-    parser.add_argument("--augment", action="store_true")
-    parser.add_argument("--weight-lr-levels", type=float, default=0.0)
-    parser.add_argument(
-        "--zero-point-lr", type=float, default=0.0, help="LSQ+ zero points' lr (0: fixed)"
-    )
+    add_training_arguments(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

@@ -123,11 +123,11 @@ def distill_training(
         warmup_steps=10,
         augment=args.augment,
     )
-    zp_lr = getattr(args, "zero_point_lr", 0.0) or None
+    zp_lr = args.zero_point_lr or None
     groups = parameter_groups(
         objective, weight_decay=0.0, scale_lr=args.lr * args.scale_lr, zero_point_lr=zp_lr
     )
-    if getattr(args, "weight_lr_levels", 0.0) > 0:
+    if args.weight_lr_levels > 0:
         groups = _lr_in_levels(groups, qm.module, args.weight_lr_levels)
     return objective, cfg, groups
 
@@ -154,14 +154,15 @@ def _lr_in_levels(groups: list[dict], module: nn.Module, levels: float) -> list[
 def _qat(model, xt, yt, xv, yv, ref, bits, args, log) -> dict:
     calib = [xt[i : i + 32] for i in range(0, CALIB, 32)]
     t0 = time.perf_counter()
-    qm = edgeq.prepare_qat(model, calib, _configs(bits))
+    learn_zp = args.zero_point_lr > 0
+    qm = edgeq.prepare_qat(model, calib, _configs(bits), learn_zero_points=learn_zp)
     objective, cfg, groups = distill_training(model, qm, xt[:2], args, label_weight=args.ce)
     curve = []
 
     def evaluate() -> dict[str, float]:
         edgeq.convert(qm)
         s = _score(_logits(qm.module, xv), yv, ref)
-        to_training(qm.module)
+        to_training(qm.module, learn_zero_points=learn_zp)
         curve.append(s)
         log(f"  W{bits}A8 epoch {len(curve)}: top1 {s['top1']:.4f} agreement {s['agreement']:.4f}")
         return s
@@ -191,16 +192,13 @@ def _qat(model, xt, yt, xv, yv, ref, bits, args, log) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("train", type=Path)
-    parser.add_argument("eval", type=Path)
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The QAT settings `distill_training` reads (shared with qat_holdout_sweep.py)."""
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--scale-lr", type=float, default=0.01, help="scales' lr / lr")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--ce", type=float, default=0.0, help="weight of the label CE")
     parser.add_argument(
         "--feature-weight",
         type=float,
@@ -218,6 +216,17 @@ def main() -> None:
         default=0.0,
         help="per-layer weight lr = this x the layer's mean weight scale (0: --lr for all)",
     )
+    parser.add_argument(
+        "--zero-point-lr", type=float, default=0.0, help="LSQ+ zero points' lr (0: fixed)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("train", type=Path)
+    parser.add_argument("eval", type=Path)
+    add_training_arguments(parser)
+    parser.add_argument("--ce", type=float, default=0.0, help="weight of the label CE")
     parser.add_argument("--bits", default="4,8")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
