@@ -21,6 +21,7 @@ and dtypes, same module attributes, or no record.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import operator
@@ -34,6 +35,7 @@ from torch import fx, nn
 
 from edgeq.artifact.errors import ArtifactError
 from edgeq.artifact.validate import At, as_dict, as_int, as_str, get, show
+from edgeq.graph.lift import AXES_META
 
 ARCHITECTURE_VERSION = 1
 MAX_NODES = 200_000
@@ -76,6 +78,7 @@ def _function_name(fn: Any) -> str:
     return f"{module}.{getattr(fn, '__qualname__', getattr(fn, '__name__', repr(fn)))}"
 
 
+@functools.cache
 def _functions() -> dict[str, Callable[..., Any]]:
     """Every function edgeq places or exports, by its recorded name."""
     import torchvision
@@ -108,11 +111,12 @@ def _functions() -> dict[str, Callable[..., Any]]:
     return table
 
 
-def _methods() -> set[str]:
+@functools.cache
+def _methods() -> frozenset[str]:
     from edgeq.export.float_ops import METHODS
     from edgeq.graph import insert
 
-    return set(METHODS) | set(insert.DATA_MOVEMENT_METHODS) | {"flatten", "view", "reshape", "dim"}
+    return frozenset(METHODS) | insert.DATA_MOVEMENT_METHODS | {"flatten", "view", "reshape", "dim"}
 
 
 def _module_class(name: str) -> type[nn.Module] | None:
@@ -162,9 +166,7 @@ def _encode(value: Any, where: str) -> Any:
 def _decode(value: Any, at: At, nodes: dict[str, fx.Node] | None, depth: int = 0) -> Any:
     if depth > 32:
         at.fail("nested too deeply")
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
+    if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list):
         return [_decode(v, at.child(str(i)), nodes, depth + 1) for i, v in enumerate(value)]
@@ -327,7 +329,7 @@ def describe(gm: fx.GraphModule, *, check: bool = True) -> dict[str, Any]:
             }
         entry["args"] = _encode(node.args, where)["tuple"]
         entry["kwargs"] = _encode(dict(node.kwargs), where)["dict"]
-        axes = node.meta.get(_axes_key())
+        axes = node.meta.get(AXES_META)
         if node.op == "placeholder" and axes:
             entry["dynamic_axes"] = [[int(d), str(n)] for d, n in sorted(axes.items())]
         nodes.append(entry)
@@ -341,12 +343,6 @@ def describe(gm: fx.GraphModule, *, check: bool = True) -> dict[str, Any]:
     if check:
         _check_rebuilds(gm, record)
     return record
-
-
-def _axes_key() -> str:
-    from edgeq.graph.lift import AXES_META
-
-    return AXES_META
 
 
 def _attr(gm: nn.Module, path: str) -> Any:
@@ -538,7 +534,7 @@ def _graph_from(value: object, at: At, root: dict[str, Any]) -> fx.Graph:
                 )
             ):
                 at_n.child("dynamic_axes").bad(axes, "[[dim, name], ...] on an input")
-            node.meta[_axes_key()] = {int(k): str(v) for k, v in axes}
+            node.meta[AXES_META] = {int(k): str(v) for k, v in axes}
         nodes[name] = node
     if value and as_dict(value[-1], at).get("op") != "output":
         at.fail("the last node must be the output")
