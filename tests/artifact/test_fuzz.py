@@ -104,7 +104,7 @@ def _mutate_tensor(t: torch.Tensor, how: str) -> torch.Tensor | None:
         return torch.full_like(t, torch.iinfo(t.dtype).min)
     if how == "huge":
         if t.is_floating_point():
-            return torch.full_like(t, 3e38)
+            return torch.full_like(t, torch.finfo(t.dtype).max)
         return torch.full_like(t, torch.iinfo(t.dtype).max)
     return None  # "delete"
 
