@@ -78,6 +78,31 @@ def test_lsq_scale_gradient_matches_finite_differences_of_the_smoothed_loss():
     assert float(q.scale.grad) == pytest.approx(float(per.sum()) * g, rel=1e-5)
 
 
+def test_scale_gradient_under_ddp_equals_the_whole_batch_in_one_process(monkeypatch):
+    # DDP: each of 2 processes quantizes half the batch, its loss is a mean over its
+    # half, and the gradients are averaged. LSQ's gradient scale must count the whole
+    # step's elements, or the averaged scale gradient is sqrt(2) times the one-process
+    # gradient (found by the 2-process test: 1.41x at step 0)
+    import edgeq.graph.qmodules as qmodules
+
+    q = _frozen_quantizer(-1.0, 1.0)
+    to_training(q)
+    x = torch.randn(16, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * 0.6
+    target = torch.randn(16, 3, 5, 5, generator=torch.Generator().manual_seed(1))
+
+    def scale_grad(batch: torch.Tensor, wanted: torch.Tensor) -> float:
+        q.scale.grad = None
+        ((q(batch) - wanted) ** 2).mean().backward()
+        assert q.scale.grad is not None
+        return float(q.scale.grad)
+
+    whole = scale_grad(x, target)
+    monkeypatch.setattr(qmodules, "processes_in_step", lambda: 2)
+    halves = [scale_grad(x[:8], target[:8]), scale_grad(x[8:], target[8:])]
+    assert abs(whole) > 1e-4
+    assert sum(halves) / 2 == pytest.approx(whole, rel=1e-5)
+
+
 def _trained_tiny(steps: int = 3, bits: int = 8, *, zero_points: bool = False):
     model, x = _model_and_data()
     cfg = edgeq.PTQConfig()

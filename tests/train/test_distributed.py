@@ -19,6 +19,7 @@ from edgeq.train.distributed import (
     is_main_process,
     main_only,
     setup,
+    synchronize,
     teardown,
     torchrun_world,
     world_size,
@@ -44,6 +45,7 @@ def test_a_plain_run_is_world_size_1() -> None:
     assert d.is_main
     assert not d.active
     assert not dist.is_initialized()
+    synchronize(d)  # alone: no barrier, no group needed
     teardown(d)  # nothing to destroy
     assert is_main_process()
 

@@ -42,6 +42,7 @@ from edgeq.quant import (
     dequantize,
     estimate_range,
     lsq_fake_quantize,
+    lsq_grad_scale,
     quantize,
     round_ste,
 )
@@ -56,6 +57,15 @@ from edgeq.quant.saturation import NO_PAD, PAIR_LIMIT, limit_pairs, pair_safe_sc
 QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {}
 # the smallest scale a learned step size may take (a step of 0 divides by zero)
 _MIN_SCALE = torch.finfo(torch.float32).tiny
+
+
+def processes_in_step() -> int:
+    """How many processes share one training step: the default process group's size
+    under torchrun + DDP, else 1."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
 
 
 class QState(StrEnum):
@@ -136,7 +146,12 @@ class ActivationQuantizer(nn.Module):
             zp = self.zero_point
             if self.zero_point_float.requires_grad:
                 zp = torch.clamp(self.zero_point_float, self.spec.qmin, self.spec.qmax)
-            return lsq_fake_quantize(x, scale, zp, self.spec)
+            # LSQ's gradient scale counts the elements this scale quantizes in the whole
+            # step: under DDP each process sees 1/world of the batch, and counting only
+            # its own share made the scale gradients sqrt(world) times too large (the
+            # 2-process test saw 1.41x at step 0)
+            grad_scale = lsq_grad_scale(x.numel() * processes_in_step(), self.spec.qmax)
+            return lsq_fake_quantize(x, scale, zp, self.spec, grad_scale=grad_scale)
         # converted: QuantizeLinear -> DequantizeLinear, bit-exact, in four passes
         # (NaN stays NaN; calibration already rejected non-finite activations)
         s = self.scale.detach()

@@ -156,10 +156,17 @@ def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
     return _ScaleGrad.apply(x, factor)
 
 
+def lsq_grad_scale(elements_per_scale: float, qmax: int) -> float:
+    """LSQ's step-size gradient scale, ``1 / sqrt(elements_per_scale * qmax)``.
+
+    >>> lsq_grad_scale(64, 4)
+    0.0625
+    """
+    return 1.0 / float(elements_per_scale * max(qmax, 1)) ** 0.5
+
+
 def _lsq_grad_scale(x: torch.Tensor, scale: torch.Tensor, spec: QuantSpec) -> float:
-    """LSQ's step-size gradient scale, ``1 / sqrt(numel_per_scale * qmax)``."""
-    per_scale = x.numel() / max(scale.numel(), 1)
-    return 1.0 / float(per_scale * max(spec.qmax, 1)) ** 0.5
+    return lsq_grad_scale(x.numel() / max(scale.numel(), 1), spec.qmax)
 
 
 def lsq_fake_quantize(

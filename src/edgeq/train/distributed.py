@@ -23,6 +23,7 @@ __all__ = [
     "is_main_process",
     "main_only",
     "setup",
+    "synchronize",
     "teardown",
     "torchrun_world",
     "world_size",
@@ -123,6 +124,15 @@ def setup(device: torch.device) -> Distributed:
     else:
         dist.init_process_group("gloo")
     return Distributed(*env, created=True)
+
+
+def synchronize(d: Distributed) -> None:
+    """Wait until every process gets here (a barrier); nothing when alone.
+
+    Call it on the success path only: a rank that raised never arrives, and the
+    others would wait for the group's timeout."""
+    if d.active and dist.is_initialized():
+        dist.barrier()
 
 
 def teardown(d: Distributed) -> None:

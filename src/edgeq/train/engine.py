@@ -711,6 +711,13 @@ def fit(
                 if evaluate is not None and dist.is_main:
                     row.update(_evaluate(run, evaluate))
                 _end_epoch(run, row, say)
+            # the DDP wrapper (and its reducer, which holds the process group) goes
+            # before the group does, and every rank reaches this point before any
+            # destroys the group: a rank tearing down gloo while its peer still holds
+            # it aborted the peer once in CI ("terminate called without an active
+            # exception")
+            run.model = objective
+            distributed.synchronize(dist)
     finally:
         distributed.teardown(dist)
     saved = run.last_good[0] if run.last_good else None
