@@ -3,7 +3,8 @@
     mode: static                # static | weight_only | float16 | dynamic
     capture: fx                 # fx | export (torch.export: vision transformers, ShuffleNet)
     target: portable            # portable (every x86 CPU) | vnni
-    weight: {bits: 8, granularity: per_channel, range_method: mse}
+    weight: {bits: 8, granularity: per_channel, range_method: mse,
+             rounding: auto}      # auto (GPTQ below 8 bits) | nearest | gptq | adaround
     activation: {bits: 8, signed: false, symmetric: false, range_method: percentile,
                  percentile_search: [99.9, 99.95, 99.98, 99.99, 99.995, 99.999]}
     calibration: {images: 256, batch_size: 32, bias_correction: true, seed: 0}
@@ -53,14 +54,23 @@ class RecipeError(ValueError):
     """A recipe key or value is invalid (names the key)."""
 
 
-_WEIGHT_KEYS = {"bits", "granularity", "group_size", "range_method", "percentile", "scheme"}
+_WEIGHT_KEYS = {
+    "bits",
+    "granularity",
+    "group_size",
+    "range_method",
+    "percentile",
+    "scheme",
+    "rounding",
+}
 _ACT_KEYS = {"bits", "signed", "symmetric", "range_method", "percentile", "percentile_search"}
 
 DEFAULTS: dict[str, Any] = {
     "mode": "static",
     "capture": "fx",
     "target": "portable",
-    "weight": {"bits": 8, "granularity": "per_channel", "range_method": "mse"},
+    # rounding: auto = GPTQ below 8 bits, nearest at 8 (`edgeq.ptq.rounding`)
+    "weight": {"bits": 8, "granularity": "per_channel", "range_method": "mse", "rounding": "auto"},
     "activation": {
         "bits": 8,
         "signed": False,
@@ -291,6 +301,7 @@ def _check_mode_keys(out: dict[str, Any], given: set[str]) -> None:
 def to_config(recipe: dict[str, Any]) -> PTQConfig:
     """The `PTQConfig` a resolved recipe describes."""
     w = dict(recipe["weight"])
+    rounding = w.pop("rounding", "auto")
     a = dict(recipe["activation"])
     search = a.pop("percentile_search")
     if not isinstance(search, list) or not all(
@@ -335,6 +346,7 @@ def to_config(recipe: dict[str, Any]) -> PTQConfig:
             bias_correction=bias_correction,
             runtime_threads=int(recipe["bench"]["threads"]),  # what ORT runs with here
             percentile_search=tuple(float(p) for p in search),
+            rounding=rounding,
         )
     except SpecError as e:
         raise RecipeError(f"activation.{e}" if "percentile_search" in str(e) else str(e)) from e

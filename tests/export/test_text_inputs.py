@@ -129,6 +129,7 @@ def test_static_quantization_matches_onnxruntime(tmp_path):
     np.testing.assert_allclose(_run(path, ids, mask), sim, atol=1e-4)
 
 
+@pytest.mark.dynamic_vs_ort
 def test_dynamic_quantization_matches_onnxruntime(tmp_path):
     torch.manual_seed(0)
     model, example = TinyTextEncoder().eval(), _tokens(2, 7)

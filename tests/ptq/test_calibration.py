@@ -136,7 +136,7 @@ def test_bias_correction_removes_the_mean_output_shift_of_rounding():
     output channel out, measured on the calibration data."""
     model, x = _model(), _data(64, 0)
     w3 = QuantSpec(bits=2, granularity="per_channel", axis=0, range_method="minmax")
-    spec = {"weight": w3, "percentile_search": ()}
+    spec = {"weight": w3, "percentile_search": (), "rounding": "nearest"}
     plain = edgeq.quantize(model, [x], PTQConfig(bias_correction=False, **spec))
     corrected = edgeq.quantize(model, [x], PTQConfig(**spec))
     assert corrected.calibration["bias_corrected_layers"] == 3

@@ -76,6 +76,7 @@ def test_lstm_layers_become_dynamic_quantized_products():
     assert _sqnr(ref, sim) > 30  # 8-bit products: measured 41-48 dB
 
 
+@pytest.mark.dynamic_vs_ort
 @pytest.mark.parametrize(("layers", "bidirectional", "batch"), [(1, False, 1), (1, True, 8)])
 def test_single_layer_lstm_matches_onnxruntime_to_float_rounding(
     tmp_path, layers, bidirectional, batch
@@ -95,6 +96,7 @@ def test_single_layer_lstm_matches_onnxruntime_to_float_rounding(
     assert np.abs(_ort(path, {"input": x.numpy()}) - sim).max() < 1e-6
 
 
+@pytest.mark.dynamic_vs_ort
 def test_stacked_lstm_matches_onnxruntime_far_below_quantization_noise(tmp_path):
     """Between layers, a 1e-7 difference can move one value of the next layer's input
     across a rounding boundary: stacked layers agree to about 1e-4, still 20 dB or more
@@ -117,6 +119,7 @@ def test_batch_blocks_follow_the_runtime_threads():
     assert ort_row_block(5, 512, 2) == 3
 
 
+@pytest.mark.dynamic_vs_ort
 def test_hidden_state_blocks_matter_and_are_simulated(tmp_path):
     """With one thread the runtime quantizes the whole batch's hidden state at once;
     with two, two blocks: the simulation built for the other count is measurably off."""
@@ -132,6 +135,7 @@ def test_hidden_state_blocks_matter_and_are_simulated(tmp_path):
         assert np.abs(deployed - wrong).max() > 1e-5
 
 
+@pytest.mark.dynamic_vs_ort
 def test_float_lstm_exports_as_onnx_lstm_with_initial_states(tmp_path):
     torch.manual_seed(4)
     model = Encoder().eval()

@@ -128,6 +128,7 @@ def _single_layer_onnx(em: _Emitter, node, mod) -> onnx.ModelProto:
     return m
 
 
+@pytest.mark.needs_vnni
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_conv_layers_are_bit_exact_against_onnxruntime_kernels(seed):
     model, x = _model_and_data(seed)
@@ -201,7 +202,7 @@ def _ort_logits(path, x: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("target", ["portable", "vnni"])
+@pytest.mark.parametrize("target", ["portable", pytest.param("vnni", marks=pytest.mark.needs_vnni)])
 def test_whole_model_is_bit_exact_against_onnxruntime(tmp_path, seed, target):
     """Conv, residual add (QLinearAdd), global pooling and QGemm: the simulation's
     logits equal ONNX Runtime's to the last bit."""
@@ -367,6 +368,7 @@ def mlp() -> nn.Module:
     ).eval()
 
 
+@pytest.mark.dynamic_vs_ort
 def test_dynamic_quantization_is_bit_exact_against_onnxruntime(tmp_path):
     """Linear layers with int8 weights and per-call uint8 inputs: ONNX Runtime fuses the
     exported DynamicQuantizeLinear/MatMulInteger/Cast/Mul/Add into DynamicQuantizeMatMul,

@@ -26,19 +26,40 @@ BIAS_CORRECTION_IMAGES = 64  # the first calibration images measure the shifts
 
 
 @torch.no_grad()
-def correct_biases(gm: fx.GraphModule, batches: Iterable[Batch]) -> int:
+def correct_biases(
+    gm: fx.GraphModule,
+    batches: Iterable[Batch],
+    reference: fx.GraphModule | None = None,
+) -> int:
     """Add the mean weight-rounding error of every quantized conv/linear to its bias.
+
+    ``reference``: the float graph whose same-named layers hold the weights before
+    rounding. Needed after learned rounding (`edgeq.ptq.rounding`), which writes the
+    rounded values into the layers' own weights: measured against those, the error
+    would be zero. Without it, each layer's own float weight is the reference.
 
     Returns the number of layers corrected.
     """
-    layers = [m for m in gm.modules() if isinstance(m, QuantConv2d | QuantLinear) and m.quantized]
+    named = {
+        n: m
+        for n, m in gm.named_modules()
+        if isinstance(m, QuantConv2d | QuantLinear) and m.quantized
+    }
+    layers = list(named.values())
+    floats: dict[int, torch.Tensor] = {}
+    if reference is not None:
+        ref_modules = dict(reference.named_modules())
+        for n, m in named.items():
+            w = getattr(ref_modules.get(n), "weight", None)
+            if isinstance(w, torch.Tensor) and w.shape == m.weight.shape:
+                floats[id(m)] = w.detach()
     sums: dict[int, torch.Tensor] = {}
     counts: dict[int, int] = {}
 
     def hook(m: QuantConv2d | QuantLinear, args: tuple, _out: torch.Tensor) -> None:
         x = args[0]
         w_q, _ = m.sim_weight_bias()
-        dw = m.weight.detach() - w_q
+        dw = floats.get(id(m), m.weight.detach()) - w_q
         if isinstance(m, QuantConv2d):
             err = F.conv2d(x, dw, None, m.stride, m.padding, m.dilation, m.groups)
             per_channel = err.sum(dim=(0, 2, 3))

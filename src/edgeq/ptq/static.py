@@ -30,6 +30,7 @@ from edgeq.ptq.range_search import (
     run_batch,
     search_percentile,
 )
+from edgeq.ptq.rounding import ROUNDING_IMAGES, Rounding, round_weights
 from edgeq.quant import QuantInputError
 
 
@@ -194,7 +195,9 @@ def quantize(
         warnings.warn(msg, stacklevel=2)
     if not static:  # weight-only, dynamic: no activation ranges to calibrate
         freeze(gm)
-        return QuantizedModel(gm, float_gm, config, report, time.perf_counter() - t0, source)
+        calibration = _round_weight_only(gm, calib_data, float_gm, config, progress)
+        seconds = time.perf_counter() - t0
+        return QuantizedModel(gm, float_gm, config, report, seconds, source, calibration)
     if callable(calib_data) and not isinstance(calib_data, nn.Module | torch.Tensor):
         # a function that runs the model itself (models with several inputs)
         calib_data(gm)
@@ -237,10 +240,48 @@ def quantize(
     t = time.perf_counter()
     freeze(gm)
     phases["weight_scales"] = time.perf_counter() - t
-    calibration = _refine(gm, float_gm, seen, config, phases)
+    calibration = _refine(gm, float_gm, seen, config, phases, progress)
     calibration["seconds"] = phases
     seconds = time.perf_counter() - t0
     return QuantizedModel(gm, float_gm, config, report, seconds, source, calibration)
+
+
+def _round_weight_only(
+    gm: fx.GraphModule,
+    calib_data: Iterable | Callable[[nn.Module], object],
+    float_gm: fx.GraphModule,
+    config: PTQConfig,
+    progress: bool,
+) -> dict:
+    """Weight-only mode with learned rounding: the levels learned from the first
+    calibration images (float inputs). Nothing to do with nearest rounding."""
+    method = config.rounding_method()
+    if method is Rounding.NEAREST:
+        return {}
+    if callable(calib_data) and not isinstance(calib_data, nn.Module | torch.Tensor):
+        raise QuantInputError(
+            f"weight.rounding={method.value} replays calibration batches: pass them as an "
+            "iterable, not a function"
+        )
+    n_inputs = sum(1 for n in float_gm.graph.nodes if n.op == "placeholder")
+    seen: list[Batch] = []
+    for x in _batches(calib_data, n_inputs):
+        seen.append(x)
+        if sum(len(b[0] if isinstance(b, tuple) else b) for b in seen) >= ROUNDING_IMAGES:
+            break
+    if not seen:
+        if config.rounding is Rounding.AUTO:  # the best without images: nearest
+            return {"rounding": {"method": "nearest", "why": "no calibration images"}}
+        raise QuantInputError(
+            f"weight.rounding={method.value} learns from calibration images, and none was "
+            "given (nearest rounding needs none)"
+        )
+    t = time.perf_counter()
+    rows = round_weights(gm, first_images(seen, ROUNDING_IMAGES), method, progress=progress)
+    return {
+        "rounding": {"method": method.value, "layers": rows},
+        "seconds": {"rounding": time.perf_counter() - t},
+    }
 
 
 def _refine(
@@ -249,6 +290,7 @@ def _refine(
     seen: list[Batch],
     config: PTQConfig,
     phases: dict[str, float],
+    progress: bool = False,
 ) -> dict:
     """After calibration: the activation percentile search, then bias correction, on
     the first calibration batches. Returns what they chose (`QuantizedModel.calibration`)
@@ -267,10 +309,16 @@ def _refine(
         calibration["activation_percentile"] = best_percentile(scores)
         calibration["percentile_search_sqnr_db"] = scores
         phases["percentile_search"] = time.perf_counter() - t
+    method = config.rounding_method()
+    if method is not Rounding.NEAREST:
+        t = time.perf_counter()
+        rows = round_weights(gm, first_images(seen, ROUNDING_IMAGES), method, progress=progress)
+        calibration["rounding"] = {"method": method.value, "layers": rows}
+        phases["rounding"] = time.perf_counter() - t
     if config.bias_correction:
         t = time.perf_counter()
         batches = first_images(seen, BIAS_CORRECTION_IMAGES)
-        calibration["bias_corrected_layers"] = correct_biases(gm, batches)
+        calibration["bias_corrected_layers"] = correct_biases(gm, batches, float_gm)
         calibration["bias_correction_images"] = sum(
             len(x[0] if isinstance(x, tuple) else x) for x in batches
         )
