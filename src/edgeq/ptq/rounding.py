@@ -91,10 +91,15 @@ class _Sequential(fx.Interpreter):
     to ``visit`` first, then the layer runs with its new levels. One forward in all,
     instead of one per layer."""
 
-    def __init__(self, gm: fx.GraphModule, visit: Callable[[str, Layer, torch.Tensor], None]):
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        targets: set[str],
+        visit: Callable[[str, Layer, torch.Tensor], None],
+    ):
         super().__init__(gm)
         self.visit = visit
-        self.targets = {name for name, _ in _layers(gm)}
+        self.targets = targets
 
     def call_module(self, target, args, kwargs):  # type: ignore[no-untyped-def]
         if target in self.targets:
@@ -187,7 +192,7 @@ def round_weights(
 
     try:
         with torch.no_grad(), fake_quantized(gm):
-            _Sequential(gm, visit).run(*_joined(batches))
+            _Sequential(gm, {name for name, _ in layers}, visit).run(*_joined(batches))
     finally:
         if bar is not None:
             bar.close()
